@@ -1,0 +1,29 @@
+# Thin wrappers over the Python CLI. `make bench` and `make test` set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PROFILE ?= quick
+METHODS ?=
+IRS ?=
+SEEDS ?=
+RESULTS ?= results
+BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
+	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS))
+
+.PHONY: setup bench test clean-venv
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+bench: setup
+	$(PY) -m benchmark $(BENCH_ARGS)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

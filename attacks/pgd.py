@@ -1,0 +1,100 @@
+"""Our own L∞ attacks: FGSM and PGD, batched, AMP-safe, with the math in plain sight.
+
+Every attack takes a model mapping inputs in [0, 1] to logits, runs it in eval mode (BatchNorm
+uses running statistics, as in the AT-BSL/TRADES-family code), restores the mode it found,
+and returns adversarial inputs that stay in [0, 1] and within ε of x. Gradients are taken with
+respect to the input only (``torch.autograd.grad``), so no weight gradients are accumulated.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+STARTS = ("none", "uniform", "normal")
+
+
+def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy: each example's input gradient is independent of the batch size."""
+    return F.cross_entropy(logits.float(), y, reduction="sum")
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run the block with the model in eval mode and restore whatever mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def frozen_parameters(model: torch.nn.Module):
+    """Stop parameters from requiring grad inside the block, so attack steps compute input gradients only."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def random_start(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Initial point of PGD: x itself, x + U[-ε, ε] (Madry) or x + 0.001·N(0, 1) (TRADES/AT-BSL code)."""
+    if kind == "none":
+        return x.clone()
+    if kind == "uniform":
+        noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
+        noise = (noise.to(x.device) * 2 - 1) * eps
+    elif kind == "normal":
+        noise = torch.randn(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
+        noise = noise.to(x.device) * 0.001
+    else:
+        raise ValueError(f"unknown PGD start {kind!r}; choose one of {', '.join(STARTS)}")
+    return (x + noise).clamp(0.0, 1.0)
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Projection onto the ε-ball around x intersected with the image box [0, 1]."""
+    return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
+
+
+def pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int,
+    step_size: float,
+    start: str = "uniform",
+    loss_fn: LossFn = ce_sum,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L∞ PGD (Madry et al. 2018, Eq. 2): x ← Π_{B(x,ε)∩[0,1]}(x + α·sign ∇ₓ L(f(x), y)).
+
+    ``loss_fn(logits, y)`` must return a scalar summed over the batch; TRADES-style attacks pass
+    a KL against fixed clean probabilities here. δ and x_adv stay in fp32 even under autocast.
+    """
+    x = x.detach().float()
+    x_adv = random_start(x, eps, start, generator)
+    if steps <= 0:
+        return x_adv
+    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            loss = loss_fn(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps)
+    return x_adv.detach()
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn = ce_sum) -> torch.Tensor:
+    """FGSM (Goodfellow et al. 2015): one signed step of size ε from x."""
+    return pgd(model, x, y, eps=eps, steps=1, step_size=eps, start="none", loss_fn=loss_fn)

@@ -1,0 +1,78 @@
+"""``python -m benchmark``: expand a profile into grid cells, run them, print per-class tables.
+
+Bad input (unknown method, IR < 1, ε outside [0, 1], missing data, malformed profile) ends with
+one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def _csv(kind):
+    def parse(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        try:
+            return [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    p.add_argument("--profile", default="quick", help="profile name (benchmark/profiles/*.yaml) or path (default: quick)")
+    p.add_argument("--methods", type=_csv(str), help="comma-separated methods, optionally with a preset: at,taet.authors")
+    p.add_argument("--irs", type=_csv(float), help="comma-separated imbalance ratios (n_max / n_min), e.g. 10,50,100")
+    p.add_argument("--seeds", type=_csv(int), help="comma-separated training seeds")
+    p.add_argument("--epochs", type=int, help="override the profile's epoch budget")
+    p.add_argument("--eps", help="override ε (e.g. 8/255 or 0.1)")
+    p.add_argument("--data-root", help="folder holding the datasets in torchvision's layout")
+    p.add_argument("--download", action="store_true", default=None, help="download missing datasets (needs network)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast for the model on CUDA")
+    p.add_argument("--results", default="results", help="results folder (default: results)")
+    p.add_argument("--force", action="store_true", help="re-run finished cells (old results are moved aside)")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from methods import describe_methods
+    from .config import expand_grid, load_profile
+    from .runner import cell_status, run_grid
+
+    if args.list_methods:
+        for line in describe_methods():
+            print(line)
+        return 0
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise UsageError(f"data root {args.data_root} does not exist or is not a folder")
+    overrides = {"methods": args.methods, "imbalance_ratios": args.irs, "seeds": args.seeds, "epochs": args.epochs,
+                 "eps": args.eps, "data_root": args.data_root, "download": args.download, "device": args.device,
+                 "amp": args.amp}
+    cells = expand_grid(load_profile(args.profile), overrides)
+    if args.dry_run:
+        for cfg in cells:
+            print(f"{cell_status(Path(args.results) / cfg.key()):<10} {cfg.key()}")
+        return 0
+    run_grid(cells, Path(args.results), force=args.force, progress=not args.no_progress)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

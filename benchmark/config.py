@@ -1,0 +1,260 @@
+"""Typed, validated configuration of one grid cell, and profiles (YAML) that expand into cells.
+
+Precedence, lowest first: code defaults < profile YAML < method preset < CLI overrides. A cell's
+config is resolved fully (every number that ran, ε and step sizes as floats) before it is hashed
+into the cell key, so changing any hyperparameter gives a new key.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from attacks import AttackSpec
+from .errors import UsageError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+TEST_SPLITS = ("balanced", "longtail")
+AMP_MODES = ("none", "bf16")
+SCHEDULE_UNITS = ("epoch", "iteration")
+# Fields that say where things are, not what is computed: left out of the cell key.
+LOCATION_FIELDS = ("data_root", "download", "device")
+
+
+def parse_number(value: Any, eps: float | None = None, what: str = "value") -> float:
+    """A float from a number, a fraction string ("8/255") or an ε-relative string ("eps/4", "0.5*eps")."""
+    if isinstance(value, bool):
+        raise UsageError(f"{what}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).replace(" ", "")
+    match = re.fullmatch(r"(?:([0-9.]+)\*)?eps(?:/([0-9.]+))?", text)
+    if match:
+        if eps is None:
+            raise UsageError(f"{what}: {value!r} is relative to eps, which is not defined here")
+        scale = float(match.group(1) or 1) / float(match.group(2) or 1)
+        return eps * scale
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"{what}: cannot read {value!r} as a number (examples: 0.1, 8/255, eps/4)") from None
+
+
+@dataclass
+class AttackConfig:
+    """An attack as a profile writes it; ``step_size`` may be relative to ε."""
+
+    kind: str = "pgd"
+    steps: int = 10
+    step_size: Any = "eps/4"
+    start: str = "normal"
+
+    def resolve(self, eps: float, name: str = "") -> AttackSpec:
+        try:
+            return AttackSpec(kind=self.kind, eps=eps, steps=int(self.steps),
+                              step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
+                              start=self.start, name=name)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+def _default_eval_attacks() -> list[dict]:
+    return [{"kind": "pgd", "steps": 20, "step_size": "eps/4", "start": "uniform"}]
+
+
+@dataclass
+class Config:
+    """Everything that defines one cell. Method names may carry a preset tag: ``at.madry``."""
+
+    # data
+    dataset: str = "mnist5k"
+    data_root: str | None = None
+    download: bool = False
+    imbalance_ratio: float = 10.0
+    subset_seed: int = 0
+    test_split: str = "balanced"
+    augment: str = "none"
+    # model and method
+    model: str = "small_cnn"
+    model_args: dict = field(default_factory=dict)
+    method: str = "at"
+    method_args: dict = field(default_factory=dict)
+    seed: int = 0
+    # optimisation (the common long-tail protocol of AT-BSL's code)
+    epochs: int = 100
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list = field(default_factory=lambda: [0.75, 0.9])
+    lr_gamma: float = 0.1
+    schedule_unit: str = "epoch"
+    drop_last: bool = True
+    # threat model
+    eps: Any = "8/255"
+    train_attack: dict = field(default_factory=lambda: {"kind": "pgd", "steps": 10, "step_size": "eps/4", "start": "normal"})
+    eval_attacks: list = field(default_factory=_default_eval_attacks)
+    eval_batch_size: int = 256
+    eval_per_class: int | None = None  # evaluate on a class-stratified subset; None = the whole test split
+    monitor_per_class: int = 10
+    monitor_attack: dict = field(default_factory=lambda: {"kind": "pgd", "steps": 10, "step_size": "eps/4", "start": "uniform"})
+    # hardware
+    device: str = "auto"
+    amp: str = "none"
+
+    @property
+    def method_name(self) -> str:
+        return self.method.split(".", 1)[0]
+
+    @property
+    def method_preset(self) -> str | None:
+        parts = self.method.split(".", 1)
+        return parts[1] if len(parts) == 2 else None
+
+    @property
+    def eps_value(self) -> float:
+        return parse_number(self.eps, what="eps")
+
+    def train_attack_spec(self) -> AttackSpec:
+        return AttackConfig(**self.train_attack).resolve(self.eps_value, name="train")
+
+    def monitor_attack_spec(self) -> AttackSpec:
+        return AttackConfig(**self.monitor_attack).resolve(self.eps_value)
+
+    def eval_attack_specs(self) -> list[AttackSpec]:
+        specs = [AttackConfig(**a).resolve(self.eps_value) for a in self.eval_attacks]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise UsageError(f"eval_attacks: two attacks share a name ({', '.join(names)}); give one a 'name'")
+        return specs
+
+    def milestone_epochs(self) -> list[int]:
+        """Milestones as epoch indices: fractions (< 1) of the epoch budget, or whole epochs."""
+        out = []
+        for m in self.milestones:
+            m = float(m)
+            out.append(int(round(m * self.epochs)) if 0 < m < 1 else int(m))
+        return out
+
+    def validate(self) -> "Config":
+        eps = self.eps_value
+        if not 0.0 <= eps <= 1.0:
+            raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
+        if float(self.imbalance_ratio) < 1:
+            raise UsageError(f"imbalance ratio must be >= 1 (n_max / n_min); got {self.imbalance_ratio}")
+        if self.test_split not in TEST_SPLITS:
+            raise UsageError(f"test_split must be one of {', '.join(TEST_SPLITS)}; got {self.test_split!r}")
+        if self.amp not in AMP_MODES:
+            raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
+        if self.schedule_unit not in SCHEDULE_UNITS:
+            raise UsageError(f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}; got {self.schedule_unit!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise UsageError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
+            if not isinstance(attack, dict):
+                raise UsageError(f"an attack must be a mapping (kind, steps, step_size, start); got {attack!r}")
+            unknown = set(attack) - {f.name for f in fields(AttackConfig)} - {"name"}
+            if unknown:
+                raise UsageError(f"unknown attack field(s) {', '.join(sorted(unknown))}")
+        self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolved(self) -> dict:
+        """The config with every number that runs spelled out: what the cell key hashes."""
+        out = self.to_dict()
+        out["eps_value"] = self.eps_value
+        out["train_attack_spec"] = self.train_attack_spec().to_dict()
+        out["eval_attack_specs"] = [s.to_dict() for s in self.eval_attack_specs()]
+        out["monitor_attack_spec"] = self.monitor_attack_spec().to_dict()
+        out["milestone_epochs"] = self.milestone_epochs()
+        return out
+
+    def key(self) -> str:
+        """Stable cell key: readable prefix + hash of the resolved config (locations left out)."""
+        semantic = {k: v for k, v in self.resolved().items() if k not in LOCATION_FIELDS}
+        digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
+        ir = f"{float(self.imbalance_ratio):g}"
+        return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
+
+
+CONFIG_FIELDS = {f.name for f in fields(Config)}
+GRID_FIELDS = {"methods": "method", "imbalance_ratios": "imbalance_ratio", "seeds": "seed"}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict merge: mappings merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_profile(name_or_path: str) -> dict:
+    """A profile by name (``benchmark/profiles/<name>.yaml``) or by path; checked for unknown keys."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
+        raise UsageError(f"profile {name_or_path!r} not found (known profiles: {known}, or give a path to a .yaml file)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise UsageError(f"profile {path} is not valid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"profile {path} must be a mapping of settings, got {type(data).__name__}")
+    unknown = set(data) - CONFIG_FIELDS - set(GRID_FIELDS) - {"description"}
+    if unknown:
+        raise UsageError(f"profile {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    return data
+
+
+def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
+    """One validated Config per (method, imbalance ratio, seed), in that nesting order."""
+    from methods import get_method_class  # late import: methods import config helpers
+
+    settings = merge(profile, {k: v for k, v in (overrides or {}).items() if v is not None})
+    settings.pop("description", None)
+    axes = {}
+    for grid_name, field_name in GRID_FIELDS.items():
+        values = settings.pop(grid_name, None)
+        if values is None:
+            values = [settings.pop(field_name, getattr(Config, field_name))]
+        else:
+            settings.pop(field_name, None)
+        axes[field_name] = values if isinstance(values, list) else [values]
+    cli_overrides = {k: v for k, v in (overrides or {}).items() if v is not None and k in CONFIG_FIELDS}
+    cells = []
+    for method in axes["method"]:
+        method_cls = get_method_class(str(method).split(".", 1)[0])
+        preset = method_cls.preset(str(method).split(".", 1)[1]) if "." in str(method) else {}
+        per_method_args = settings.get("method_args", {}).get(method_cls.name, {}) if isinstance(settings.get("method_args"), dict) else {}
+        for ir in axes["imbalance_ratio"]:
+            for seed in axes["seed"]:
+                values = merge(settings, preset)
+                values = merge(values, cli_overrides)
+                values["method_args"] = merge(per_method_args, preset.get("method_args", {}))
+                values.update(method=str(method), imbalance_ratio=float(ir), seed=int(seed))
+                try:
+                    cfg = Config(**values)
+                except TypeError as err:
+                    raise UsageError(f"bad setting: {err}") from None
+                cells.append(cfg.validate())
+    return cells

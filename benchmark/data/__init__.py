@@ -1,0 +1,19 @@
+"""Datasets as in-memory tensors, long-tailed subsets of them, batching and augmentation."""
+from benchmark.data.datasets import DATASETS, ImageDataset, load_dataset
+from benchmark.data.loader import iterate_batches, stratified_subset, to_float
+from benchmark.data.longtail import LongTailSubset, longtail_counts, make_longtail
+from benchmark.data.transforms import AUGMENTATIONS, augment
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "ImageDataset",
+    "LongTailSubset",
+    "augment",
+    "iterate_batches",
+    "load_dataset",
+    "longtail_counts",
+    "make_longtail",
+    "stratified_subset",
+    "to_float",
+]

@@ -1,0 +1,83 @@
+"""Per-class metrics of predictions: recall, balanced accuracy, Balanced Robustness, group means.
+
+recall_c = correct_c / n_c over the test examples of class c. Balanced accuracy is the mean clean
+recall; Balanced Robustness (TAET poster) is the mean recall under an attack. A class with no test
+example has undefined recall: it is left out of every mean and listed in ``undefined_classes``,
+never counted as 0 or 1. Head/tail groups go by training-count rank, never by class index.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[i, j] = number of examples of class i predicted as j."""
+    return np.bincount(np.asarray(y_true) * num_classes + np.asarray(y_pred),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(recall per class with NaN where the class has no test example, test support per class)."""
+    cm = confusion_matrix(y_true, y_pred, num_classes)
+    support = cm.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
+    return recall, support
+
+
+def class_groups(train_counts: list[int] | np.ndarray) -> dict[str, list[int]]:
+    """Head/medium/tail classes by training-count rank (ties broken by class index).
+
+    With 100 classes or more: the CIFAR-100-LT convention (many > 100, medium 20–100, few < 20
+    training images). Otherwise: the larger half is ``head``, the smaller half ``tail`` (CIFAR-10-LT:
+    the five largest and five smallest classes), as the long-tail papers report them.
+    """
+    counts = np.asarray(train_counts)
+    order = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    if len(counts) >= 100:
+        return {
+            "many": [c for c in order if counts[c] > 100],
+            "medium": [c for c in order if 20 <= counts[c] <= 100],
+            "few": [c for c in order if counts[c] < 20],
+        }
+    half = (len(order) + 1) // 2
+    return {"head": order[:half], "tail": order[half:]}
+
+
+def _nanmean(values: np.ndarray) -> float | None:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if values.size else None
+
+
+def summarize_predictions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int,
+                          train_counts: list[int]) -> dict:
+    """All per-class and aggregate numbers for one attack's predictions (JSON-ready: NaN -> None)."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    recall, support = per_class_recall(y_true, y_pred, num_classes)
+    defined = ~np.isnan(recall)
+    worst = int(np.nanargmin(recall)) if defined.any() else None
+    groups = {name: _nanmean(recall[members]) if members else None
+              for name, members in class_groups(train_counts).items()}
+    return {
+        "accuracy": float((y_true == y_pred).mean()) if y_true.size else None,
+        "balanced": _nanmean(recall),
+        "worst_class_recall": float(recall[worst]) if worst is not None else None,
+        "worst_class": worst,
+        "group_means": groups,
+        "per_class_recall": [None if np.isnan(r) else float(r) for r in recall],
+        "per_class_correct": [int(v) for v in np.diag(confusion_matrix(y_true, y_pred, num_classes))],
+        "confusion_matrix": confusion_matrix(y_true, y_pred, num_classes).tolist(),
+    }
+
+
+def summarize_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], num_classes: int,
+                         train_counts: list[int]) -> dict:
+    """Metrics for clean inputs and every attack; ``balanced`` under an attack is its Balanced Robustness."""
+    support = np.bincount(np.asarray(y_true), minlength=num_classes)
+    return {
+        "test_support": [int(s) for s in support],
+        "undefined_classes": [int(c) for c in np.flatnonzero(support == 0)],
+        "groups": class_groups(train_counts),
+        "attacks": {name: summarize_predictions(y_true, pred, num_classes, train_counts)
+                    for name, pred in predictions.items()},
+    }

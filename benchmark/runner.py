@@ -1,0 +1,138 @@
+"""Runs cells: one cell = train one method on one long-tailed dataset with one seed, then evaluate.
+
+A cell's folder (``results/<key>``) holds ``config.yaml``, ``indices.json``, ``log.jsonl``, the
+checkpoint and, once finished, ``metrics.json``. A finished cell is skipped unless forced (and a
+forced re-run moves the old files aside, never overwrites them); an unfinished one resumes.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from methods import create_method
+from .config import Config
+from .data.loader import stratified_subset
+from .data.prepare import CellData, prepare_cell_data
+from .evaluate import InferenceModel, evaluate
+from .metrics import summarize_evaluation
+from .models import create_model
+from .results import SCHEMA_VERSION, package_versions, read_json, write_json_atomic, write_text_atomic
+from .train import CHECKPOINT, pick_device, seed_everything, train
+
+METRICS = "metrics.json"
+
+
+def cell_status(cell_dir: Path) -> str:
+    if (cell_dir / METRICS).exists():
+        return "done"
+    if (cell_dir / CHECKPOINT).exists():
+        return "resumable"
+    return "new"
+
+
+def _set_aside(cell_dir: Path) -> Path:
+    """Move a finished cell's files into ``superseded/<time>/`` before a forced re-run."""
+    target = cell_dir / "superseded" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target.mkdir(parents=True)
+    for item in list(cell_dir.iterdir()):
+        if item.name != "superseded":
+            shutil.move(str(item), target / item.name)
+    return target
+
+
+def evaluation_subset(cfg: Config, data: CellData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The examples every method of a comparison is evaluated on: the whole split, or a fixed stratified subset."""
+    if cfg.eval_per_class is None:
+        return data.x_test, data.y_test, None
+    idx = stratified_subset(data.y_test, int(cfg.eval_per_class), seed=0)
+    t = torch.as_tensor(idx)
+    return data.x_test[t], data.y_test[t], idx
+
+
+def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool = True) -> dict:
+    """Train (or resume) and evaluate one cell; return its metrics (read back if already finished)."""
+    cell_dir = Path(results_dir) / cfg.key()
+    if (cell_dir / METRICS).exists():
+        if not force:
+            return read_json(cell_dir / METRICS)
+        moved = _set_aside(cell_dir)
+        print(f"--force: previous results of {cell_dir.name} moved to {moved}", file=sys.stderr)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cell_dir / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False))
+
+    device = pick_device(cfg.device)
+    data = prepare_cell_data(cfg)
+    write_json_atomic(cell_dir / "indices.json", {
+        "train_indices": data.train_indices.tolist(),
+        "test_indices": data.test_indices.tolist() if data.test_indices is not None else None,
+        "subset_seed": cfg.subset_seed})
+    seed_everything(cfg.seed)
+    method = create_method(cfg.method, **cfg.method_args)
+    model = method.wrap_model(create_model(cfg.model, data.num_classes, data.in_channels, **cfg.model_args))
+    cost = train(cfg, data, method, model, cell_dir, device, progress=progress)
+
+    x_eval, y_eval, eval_idx = evaluation_subset(cfg, data)
+    started = time.perf_counter()
+    result = evaluate(InferenceModel(model, method), x_eval, y_eval, cfg.eval_attack_specs(), cfg.eval_batch_size,
+                      device, seed=cfg.seed, progress=progress)
+    cost["eval_seconds"] = time.perf_counter() - started
+    if device.type == "cuda":
+        cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts)
+    metrics = {
+        "schema_version": SCHEMA_VERSION,
+        "cell_key": cell_dir.name,
+        "status": "complete",
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": {"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
+        "data": {"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
+                 "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
+                 "train_size": int(sum(data.train_counts)), "test_split": cfg.test_split,
+                 "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
+                 "eval_examples": int(len(y_eval)),
+                 "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
+        "seeds": {"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
+        "evaluation": {**summary, "attack_records": result["records"]},
+        "cost": cost,
+        "config": cfg.resolved(),
+        "versions": package_versions(),
+    }
+    write_json_atomic(cell_dir / METRICS, metrics)
+    return metrics
+
+
+def format_cell_table(metrics: dict) -> str:
+    """Per-class clean and attacked recall (%) of one cell, one row per attack, as plain text."""
+    data, ev = metrics["data"], metrics["evaluation"]
+    names = [str(c)[:7] for c in data["classes"]]
+    width = max(7, *(len(n) for n in names))
+    head = f"{'':<14}" + "".join(f"{n:>{width}}" for n in names) + f"{'mean':>9}{'acc':>8}"
+    lines = [f"{metrics['cell_key']}  (test split: {data['test_split']}, {data['eval_examples']} examples)", head,
+             f"{'train count':<14}" + "".join(f"{n:>{width}}" for n in data["train_counts"])]
+    for attack, m in ev["attacks"].items():
+        cells = "".join(f"{'-' if r is None else f'{100 * r:.1f}':>{width}}" for r in m["per_class_recall"])
+        label = "clean" if attack == "clean" else attack
+        lines.append(f"{label:<14}{cells}{100 * m['balanced']:>9.1f}{100 * m['accuracy']:>8.1f}")
+    lines.append("mean = balanced accuracy (clean) / Balanced Robustness (attacks); acc = plain accuracy")
+    return "\n".join(lines)
+
+
+def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
+    """Run every cell in order, skipping finished ones; print each cell's per-class table."""
+    out = []
+    for i, cfg in enumerate(cells, 1):
+        status = cell_status(Path(results_dir) / cfg.key())
+        verb = {"done": "skip (finished)" if not force else "re-run (--force)", "resumable": "resume",
+                "new": "run"}[status]
+        print(f"[{i}/{len(cells)}] {verb}: {cfg.key()}", flush=True)
+        metrics = run_cell(cfg, results_dir, force=force, progress=progress)
+        print(format_cell_table(metrics), flush=True)
+        out.append(metrics)
+    return out

@@ -1,0 +1,170 @@
+"""The one training loop every method runs through: SGD, step schedule, AMP, checkpoint and resume.
+
+Per step the method computes its own loss (including any attack); the loop only steps the
+optimizer. Loss sums stay on the device until the epoch ends, so the hot loop never syncs with the
+host. At each epoch end a checkpoint (model, optimizer, scheduler, method state, RNG states) is
+written atomically, then one line of ``log.jsonl``; a restarted run resumes from the checkpoint.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from methods import Method, TrainContext
+from .config import Config
+from .data.loader import iterate_batches, stratified_subset, to_float
+from .data.prepare import CellData
+from .data.transforms import augment
+from .evaluate import InferenceModel, predict
+from .results import save_torch_atomic
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state(generator: torch.Generator) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "generator": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, generator: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["generator"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _autocast(cfg: Config, device: torch.device):
+    if cfg.amp == "bf16" and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _trim_log(path: Path, last_epoch: int) -> None:
+    """Keep only log lines of epochs the checkpoint covers (a crash may fall between the two writes)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+    path.write_text("".join(f"{line}\n" for line in kept))
+
+
+def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,
+          device: torch.device, progress: bool = True) -> dict:
+    """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record."""
+    cell_dir = Path(cell_dir)
+    model.to(device)
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_per_epoch = len(x_train) // cfg.batch_size if cfg.drop_last else -(-len(x_train) // cfg.batch_size)
+    milestones = cfg.milestone_epochs()
+    if cfg.schedule_unit == "iteration":
+        milestones = [m * steps_per_epoch for m in milestones]
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.lr_gamma)
+    generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
+    ctx = TrainContext(epoch=0, epochs=cfg.epochs, step=0, num_classes=data.num_classes,
+                       class_counts=torch.tensor(data.train_counts, device=device),
+                       attack=cfg.train_attack_spec(), device=device)
+    monitor_idx = torch.as_tensor(stratified_subset(data.y_test, cfg.monitor_per_class, seed=0))
+    x_monitor, y_monitor = data.x_test[monitor_idx], data.y_test[monitor_idx]
+    monitor_attack = cfg.monitor_attack_spec()
+    inference = InferenceModel(model, method)
+
+    start_epoch, seconds = 0, 0.0
+    checkpoint_path, log_path = cell_dir / CHECKPOINT, cell_dir / LOG
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"], generator)
+        start_epoch, seconds, ctx.step = state["epoch"] + 1, state["train_seconds"], state["step"]
+        _trim_log(log_path, state["epoch"])
+    resumed_from = start_epoch if start_epoch else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.method}", initial=start_epoch,
+                  total=cfg.epochs, disable=None if progress else True)
+    for epoch in epochs:
+        started = time.perf_counter()
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        stats_sum: dict[str, torch.Tensor] = {}
+        seen = 0
+        for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True,
+                                      drop_last=cfg.drop_last, generator=generator):
+            xb = augment(to_float(xb), cfg.augment, generator)
+            with _autocast(cfg, device):
+                out = method.loss(model, xb, yb, ctx)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            if cfg.schedule_unit == "iteration":
+                scheduler.step()
+            loss_sum += out.loss.detach() * len(yb)
+            if out.logits is not None:
+                correct += (out.logits.argmax(1) == yb).sum()
+            for name, value in out.stats.items():
+                stats_sum[name] = stats_sum.get(name, 0) + value * len(yb)
+            seen += len(yb)
+            ctx.step += 1
+        lr = optimizer.param_groups[0]["lr"]
+        if cfg.schedule_unit == "epoch":
+            scheduler.step()
+        method.on_epoch_end(ctx)
+        train_seconds = time.perf_counter() - started
+        seconds += train_seconds
+        clean_pred, _ = predict(inference, x_monitor, y_monitor, None, cfg.eval_batch_size, device)
+        robust_pred, _ = predict(inference, x_monitor, y_monitor, monitor_attack, cfg.eval_batch_size, device,
+                                 torch.Generator().manual_seed(0))
+        y_mon = y_monitor.numpy()
+        record = {
+            "epoch": epoch, "lr": lr, "loss": float(loss_sum) / max(seen, 1),
+            "train_acc": float(correct) / max(seen, 1), "examples": seen, "seconds": train_seconds,
+            **{name: float(value) / max(seen, 1) for name, value in stats_sum.items()},
+            "monitor_clean_acc": float((clean_pred == y_mon).mean()),
+            f"monitor_{monitor_attack.name}_acc": float((robust_pred == y_mon).mean()),
+            "monitor_note": "monitoring only: a fixed class-stratified test subset, never used to choose a model",
+        }
+        if device.type == "cuda":
+            record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        save_torch_atomic(checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
+            "train_seconds": seconds, "config": cfg.to_dict(),
+        })
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        epochs.set_postfix(loss=f"{record['loss']:.3f}", mon_clean=f"{record['monitor_clean_acc']:.2f}",
+                           mon_rob=f"{record[f'monitor_{monitor_attack.name}_acc']:.2f}")
+    return {"train_seconds": seconds, "epochs": cfg.epochs, "resumed_from_epoch": resumed_from,
+            "steps": ctx.step, "device": str(device)}

@@ -1,0 +1,135 @@
+"""The Method interface every training method implements, and the ``@register_method`` registry.
+
+A method owns its loss, including any inner maximization (through ``attacks``), any change to
+the model (``wrap_model``) or to inference (``logits``), and any state it keeps between steps
+(``state_dict``), which the training loop saves in every checkpoint.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from attacks import AttackSpec, run_attack
+from benchmark.errors import UsageError
+
+
+@dataclass
+class TrainContext:
+    """What a method may read about the run: where training stands and what it trains on."""
+
+    epoch: int  # 0-based
+    epochs: int
+    step: int  # global iteration, 0-based
+    num_classes: int
+    class_counts: torch.Tensor  # training examples per class, on the training device
+    attack: AttackSpec  # the training attack of the resolved config
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+
+@dataclass
+class LossOut:
+    """A method's loss for one batch. ``logits`` are on the inputs the loss used (for train accuracy);
+    ``stats`` are tensors (not floats) so the hot loop never waits on the device."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Method:
+    """Base class: plain cross-entropy on clean inputs. Subclasses override ``loss`` and what else they need.
+
+    ``hparams`` holds the method's own hyperparameters (recorded in every result); ``presets``
+    maps a preset name to config overrides (``{"train_attack": {...}, "method_args": {...}}``) so
+    a user can select a paper's own protocol as ``name.preset``.
+    """
+
+    name: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    presets: ClassVar[dict[str, dict]] = {}
+
+    def __init__(self, **hparams):
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            known = ", ".join(sorted(self.defaults)) or "none"
+            raise UsageError(f"method {self.name}: unknown hyperparameter(s) {', '.join(sorted(unknown))} (known: {known})")
+        self.hparams = {**self.defaults, **hparams}
+
+    @classmethod
+    def preset(cls, name: str) -> dict:
+        if name not in cls.presets:
+            known = ", ".join(sorted(cls.presets)) or "none"
+            raise UsageError(f"method {cls.name} has no preset {name!r} (known presets: {known})")
+        return cls.presets[name]
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def adversarial(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> torch.Tensor:
+        """Training adversarial examples from the config's training attack (model in eval mode inside)."""
+        return run_attack(ctx.attack, model, x, y)
+
+    def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOut:
+        logits = model(x)
+        return LossOut(torch.nn.functional.cross_entropy(logits, y), logits)
+
+    def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Inference-time logits (methods with a post-hoc adjustment override this)."""
+        return model(x)
+
+    def on_epoch_start(self, ctx: TrainContext) -> None:
+        pass
+
+    def on_epoch_end(self, ctx: TrainContext) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+METHODS: dict[str, type[Method]] = {}  # registry name -> Method subclass
+
+
+def register_method(name: str):
+    """Class decorator: make a Method available under ``name`` (duplicates are an error)."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__module__}, {cls.__module__})")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def describe_methods() -> list[str]:
+    """One line per registered method: name, presets and first docstring line."""
+    lines = []
+    for name in list_methods():
+        cls = METHODS[name]
+        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        presets = ", ".join(sorted(cls.presets)) or "-"
+        lines.append(f"{name:<8} presets: {presets:<16} {doc[0] if doc else ''}")
+    return lines
+
+
+def get_method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise UsageError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
+    return METHODS[name]
+
+
+def create_method(name: str, **hparams) -> Method:
+    """A method by registry name; a ``name.preset`` tag selects only the config preset, not the class."""
+    return get_method_class(name.split(".", 1)[0])(**hparams)
