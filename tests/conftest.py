@@ -1,0 +1,33 @@
+"""Shared fixtures: a small real model trained once per session on the embedded MNIST digits."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+@pytest.fixture(scope="session")
+def mnist5k():
+    from benchmark.data import load_dataset
+
+    return load_dataset("mnist5k")
+
+
+@pytest.fixture(scope="session")
+def clean_mnist_model(mnist5k):
+    """A narrow SmallCNN trained for one clean epoch on the 4,000 embedded training digits (seed 0):
+    accurate enough that attacks have something to break, not robust, and cheap on 2 cores."""
+    from benchmark.data import iterate_batches, to_float
+    from benchmark.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, 1, width=0.5, drop_rate=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    for xb, yb in iterate_batches(mnist5k.x_train, mnist5k.y_train, 64, True, True, generator):
+        loss = F.cross_entropy(model(to_float(xb)), yb)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval()

@@ -1,0 +1,91 @@
+"""Our PGD/FGSM: constraints, mode handling, hand-checked steps, and agreement with torchattacks."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attacks import AttackSpec, fgsm, pgd, random_start, run_attack
+from attacks.torchattacks_bridge import torchattacks_pgd
+from benchmark.data import to_float
+
+
+def _batch(mnist5k, n=300):
+    return to_float(mnist5k.x_test[:n]), mnist5k.y_test[:n]
+
+
+def test_pgd_output_stays_in_eps_ball_and_image_box(clean_mnist_model, mnist5k):
+    x, y = _batch(mnist5k, 64)
+    for start in ("none", "uniform", "normal"):
+        x_adv = pgd(clean_mnist_model, x, y, eps=0.1, steps=5, step_size=0.04, start=start)
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6
+        assert x_adv.min() >= 0 and x_adv.max() <= 1
+        assert not torch.equal(x_adv, x)
+
+
+def test_pgd_restores_train_mode_and_accumulates_no_weight_gradients(clean_mnist_model, mnist5k):
+    x, y = _batch(mnist5k, 16)
+    model = clean_mnist_model.train()
+    model.zero_grad(set_to_none=True)
+    seen_modes = []
+    hook = model.register_forward_pre_hook(lambda m, inp: seen_modes.append(m.training))
+    try:
+        pgd(model, x, y, eps=0.1, steps=3, step_size=0.025)
+    finally:
+        hook.remove()
+        model.eval()
+    assert seen_modes == [False, False, False]  # eval mode inside the attack
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_pgd_restores_eval_mode_too(clean_mnist_model, mnist5k):
+    x, y = _batch(mnist5k, 8)
+    clean_mnist_model.eval()
+    pgd(clean_mnist_model, x, y, eps=0.1, steps=1, step_size=0.025)
+    assert clean_mnist_model.training is False
+
+
+def test_fgsm_is_one_signed_gradient_step_computed_by_hand():
+    """Linear softmax model: ∇ₓ CE = Wᵀ(softmax(Wx + b) − onehot(y)), no autograd needed."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(6, 3)
+    x = torch.rand(4, 6) * 0.8 + 0.1
+    y = torch.tensor([0, 2, 1, 2])
+    with torch.no_grad():
+        probs = torch.softmax(linear(x), dim=1)
+        grad = (probs - F.one_hot(y, 3).float()) @ linear.weight
+    expected = (x + 0.05 * grad.sign()).clamp(0, 1)
+    assert torch.allclose(fgsm(linear, x, y, eps=0.05), expected, atol=1e-7)
+
+
+def test_random_starts_have_documented_scale_and_are_reproducible():
+    x = torch.full((2000,), 0.5)
+    uniform = random_start(x, 0.1, "uniform", torch.Generator().manual_seed(1))
+    normal = random_start(x, 0.1, "normal", torch.Generator().manual_seed(1))
+    assert (uniform - x).abs().max() <= 0.1 and (uniform - x).abs().max() > 0.09  # U[-ε, ε]
+    assert 0.0008 < (normal - x).std() < 0.0012  # 0.001·N(0, 1)
+    assert torch.equal(uniform, random_start(x, 0.1, "uniform", torch.Generator().manual_seed(1)))
+    assert torch.equal(random_start(x, 0.1, "none"), x)
+
+
+def test_our_pgd20_matches_torchattacks_pgd20_without_random_start(clean_mnist_model, mnist5k):
+    model, (x, y) = clean_mnist_model, _batch(mnist5k)
+    eps = 0.1
+    ours = pgd(model, x, y, eps=eps, steps=20, step_size=eps / 4, start="none")
+    theirs = torchattacks_pgd(model, x, y, eps=eps, steps=20, step_size=eps / 4, random_start=False)
+    with torch.no_grad():
+        clean_acc = (model(x).argmax(1) == y).float().mean().item()
+        ours_pred, theirs_pred = model(ours).argmax(1), model(theirs).argmax(1)
+    robust_acc = (ours_pred == y).float().mean().item()
+    assert (ours_pred != theirs_pred).sum().item() <= 1
+    assert robust_acc > 0.05, "the attack should not break every example of this model"
+    assert robust_acc <= clean_acc - 0.1, f"PGD-20 barely hurts: clean {clean_acc:.3f}, robust {robust_acc:.3f}"
+
+
+def test_run_attack_dispatches_each_kind_within_budget(clean_mnist_model, mnist5k):
+    x, y = _batch(mnist5k, 32)
+    for spec in (AttackSpec("fgsm", 0.1), AttackSpec("pgd", 0.1, 5, 0.025, "uniform"),
+                 AttackSpec("torchattacks_pgd", 0.1, 5, 0.025, "none")):
+        x_adv = run_attack(spec, clean_mnist_model, x, y, torch.Generator().manual_seed(0))
+        assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert AttackSpec("pgd", 0.1, 20, 0.025).name == "pgd20"
