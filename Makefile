@@ -10,7 +10,7 @@ RESULTS ?= results
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
 	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: setup bench test clean-venv
+.PHONY: setup bench test gpu-check clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,3 +27,8 @@ test: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# On a CUDA machine: GPU tests plus a short CUDA run on synthetic CIFAR-shaped data (speed, memory, agreement).
+# Uses .venv where it exists, else the machine's python3 (GPU images come with torch preinstalled).
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.gpu_check

@@ -56,12 +56,13 @@ class AttackConfig:
     steps: int = 10
     step_size: Any = "eps/4"
     start: str = "normal"
+    name: str = ""  # key its results are stored under; default e.g. "pgd20"
 
-    def resolve(self, eps: float, name: str = "") -> AttackSpec:
+    def resolve(self, eps: float, name: str | None = None) -> AttackSpec:
         try:
             return AttackSpec(kind=self.kind, eps=eps, steps=int(self.steps),
                               step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
-                              start=self.start, name=name)
+                              start=self.start, name=self.name if name is None else name)
         except ValueError as err:
             raise UsageError(str(err)) from None
 
@@ -162,7 +163,7 @@ class Config:
         for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
             if not isinstance(attack, dict):
                 raise UsageError(f"an attack must be a mapping (kind, steps, step_size, start); got {attack!r}")
-            unknown = set(attack) - {f.name for f in fields(AttackConfig)} - {"name"}
+            unknown = set(attack) - {f.name for f in fields(AttackConfig)}
             if unknown:
                 raise UsageError(f"unknown attack field(s) {', '.join(sorted(unknown))}")
         self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()

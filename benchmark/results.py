@@ -41,6 +41,12 @@ def save_torch_atomic(path: Path, obj: Any) -> None:
     _atomic_write(path, lambda h: torch.save(obj, h))
 
 
+def save_npz_atomic(path: Path, **arrays) -> None:
+    import numpy as np
+
+    _atomic_write(path, lambda h: np.savez_compressed(h, **arrays))
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -23,10 +23,11 @@ from .data.prepare import CellData, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
 from .models import create_model
-from .results import SCHEMA_VERSION, package_versions, read_json, write_json_atomic, write_text_atomic
+from .results import SCHEMA_VERSION, package_versions, read_json, save_npz_atomic, write_json_atomic, write_text_atomic
 from .train import CHECKPOINT, pick_device, seed_everything, train
 
 METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"  # per-example labels and predictions of every attack, for audits
 
 
 def cell_status(cell_dir: Path) -> str:
@@ -85,6 +86,9 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     cost["eval_seconds"] = time.perf_counter() - started
     if device.type == "cuda":
         cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),
+                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
+                    **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
     summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts)
     metrics = {
         "schema_version": SCHEMA_VERSION,
@@ -111,15 +115,15 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
 def format_cell_table(metrics: dict) -> str:
     """Per-class clean and attacked recall (%) of one cell, one row per attack, as plain text."""
     data, ev = metrics["data"], metrics["evaluation"]
-    names = [str(c)[:7] for c in data["classes"]]
-    width = max(7, *(len(n) for n in names))
-    head = f"{'':<14}" + "".join(f"{n:>{width}}" for n in names) + f"{'mean':>9}{'acc':>8}"
-    lines = [f"{metrics['cell_key']}  (test split: {data['test_split']}, {data['eval_examples']} examples)", head,
-             f"{'train count':<14}" + "".join(f"{n:>{width}}" for n in data["train_counts"])]
+    width = 8  # class names are cut to 7 characters so columns stay apart
+    label = max(14, *(len(name) + 2 for name in ev["attacks"]))
+    names = "".join(f"{str(c)[:width - 1]:>{width}}" for c in data["classes"])
+    lines = [f"{metrics['cell_key']}  (test split: {data['test_split']}, {data['eval_examples']} examples)",
+             f"{'':<{label}}{names}{'mean':>9}{'acc':>8}",
+             f"{'train count':<{label}}" + "".join(f"{n:>{width}}" for n in data["train_counts"])]
     for attack, m in ev["attacks"].items():
         cells = "".join(f"{'-' if r is None else f'{100 * r:.1f}':>{width}}" for r in m["per_class_recall"])
-        label = "clean" if attack == "clean" else attack
-        lines.append(f"{label:<14}{cells}{100 * m['balanced']:>9.1f}{100 * m['accuracy']:>8.1f}")
+        lines.append(f"{attack:<{label}}{cells}{100 * m['balanced']:>9.1f}{100 * m['accuracy']:>8.1f}")
     lines.append("mean = balanced accuracy (clean) / Balanced Robustness (attacks); acc = plain accuracy")
     return "\n".join(lines)
 

