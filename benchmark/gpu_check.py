@@ -25,7 +25,7 @@ def summarize(results: Path) -> list[dict]:
         log = [json.loads(line) for line in (metrics_path.parent / "log.jsonl").read_text().splitlines()]
         attacks = metrics["evaluation"]["attacks"]
         predictions = np.load(metrics_path.parent / "predictions.npz")
-        disagree = int((predictions["pred_pgd20_nostart"] != predictions["pred_ta_pgd20_nostart"]).sum())
+        y, ours, theirs = predictions["y"], predictions["pred_pgd20_nostart"], predictions["pred_ta_pgd20_nostart"]
         rows.append({
             "cell": metrics["cell_key"], "amp": metrics["config"]["amp"],
             "epoch_seconds": [round(r["seconds"], 2) for r in log],
@@ -35,7 +35,9 @@ def summarize(results: Path) -> list[dict]:
             "clean_acc": attacks["clean"]["accuracy"], "pgd20_acc": attacks["pgd20"]["accuracy"],
             "ours_vs_torchattacks_pgd20_acc": [attacks["pgd20_nostart"]["accuracy"],
                                                attacks["ta_pgd20_nostart"]["accuracy"]],
-            "ours_vs_torchattacks_prediction_disagreements": disagree,
+            # robust-or-not differs (what accuracy counts) / the predicted label differs (also among wrong labels)
+            "ours_vs_torchattacks_correctness_disagreements": int(((ours == y) != (theirs == y)).sum()),
+            "ours_vs_torchattacks_label_disagreements": int((ours != theirs).sum()),
         })
     return rows
 
