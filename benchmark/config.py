@@ -40,8 +40,10 @@ def parse_number(value: Any, eps: float | None = None, what: str = "value") -> f
     if match:
         if eps is None:
             raise UsageError(f"{what}: {value!r} is relative to eps, which is not defined here")
-        scale = float(match.group(1) or 1) / float(match.group(2) or 1)
-        return eps * scale
+        numerator, denominator = float(match.group(1) or 1), float(match.group(2) or 1)
+        if denominator == 0:
+            raise UsageError(f"{what}: {value!r} divides by zero")
+        return eps * numerator / denominator
     try:
         return float(Fraction(text))
     except (ValueError, ZeroDivisionError):
@@ -141,11 +143,31 @@ class Config:
         """Milestones as epoch indices: fractions (< 1) of the epoch budget, or whole epochs."""
         out = []
         for m in self.milestones:
-            m = float(m)
+            m = parse_number(m, what="milestones")
             out.append(int(round(m * self.epochs)) if 0 < m < 1 else int(m))
         return out
 
+    def _coerce_types(self) -> None:
+        """Turn profile values into the types the fields hold, or say in one line which one is wrong."""
+        for name in FIELD_TYPES:
+            value, kind = getattr(self, name), FIELD_TYPES[name]
+            if value is None and name in OPTIONAL_FIELDS:
+                continue
+            try:
+                if kind in (int, float):
+                    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+                        raise ValueError
+                    value = kind(value)
+                elif kind is bool and not isinstance(value, bool):
+                    raise ValueError
+                elif kind in (list, dict) and not isinstance(value, kind):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise UsageError(f"{name}: expected {kind.__name__}, got {value!r}") from None
+            setattr(self, name, value)
+
     def validate(self) -> "Config":
+        self._coerce_types()
         eps = self.eps_value
         if not 0.0 <= eps <= 1.0:
             raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
@@ -190,6 +212,13 @@ class Config:
         return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
 
 
+FIELD_TYPES = {
+    "imbalance_ratio": float, "subset_seed": int, "seed": int, "epochs": int, "batch_size": int, "lr": float,
+    "momentum": float, "weight_decay": float, "lr_gamma": float, "eval_batch_size": int, "eval_per_class": int,
+    "monitor_per_class": int, "download": bool, "drop_last": bool, "milestones": list, "model_args": dict,
+    "method_args": dict, "train_attack": dict, "monitor_attack": dict, "eval_attacks": list,
+}
+OPTIONAL_FIELDS = {"eval_per_class"}
 CONFIG_FIELDS = {f.name for f in fields(Config)}
 GRID_FIELDS = {"methods": "method", "imbalance_ratios": "imbalance_ratio", "seeds": "seed"}
 
@@ -243,16 +272,20 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
         axes[field_name] = values if isinstance(values, list) else [values]
     cli_overrides = {k: v for k, v in (overrides or {}).items() if v is not None and k in CONFIG_FIELDS}
     cells = []
-    for method in axes["method"]:
-        method_cls = get_method_class(str(method).split(".", 1)[0])
-        preset = method_cls.preset(str(method).split(".", 1)[1]) if "." in str(method) else {}
-        per_method_args = settings.get("method_args", {}).get(method_cls.name, {}) if isinstance(settings.get("method_args"), dict) else {}
+    profile_method_args = settings.get("method_args") or {}
+    if not isinstance(profile_method_args, dict):
+        raise UsageError(f"method_args: expected a mapping of method name to settings, got {profile_method_args!r}")
+    for method in map(str, axes["method"]):
+        name, _, preset_name = method.partition(".")
+        method_cls = get_method_class(name)
+        preset = method_cls.preset(preset_name) if preset_name else {}
+        per_method_args = profile_method_args.get(name) or {}
         for ir in axes["imbalance_ratio"]:
             for seed in axes["seed"]:
                 values = merge(settings, preset)
                 values = merge(values, cli_overrides)
                 values["method_args"] = merge(per_method_args, preset.get("method_args", {}))
-                values.update(method=str(method), imbalance_ratio=float(ir), seed=int(seed))
+                values.update(method=method, imbalance_ratio=ir, seed=seed)
                 try:
                     cfg = Config(**values)
                 except TypeError as err:
