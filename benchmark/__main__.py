@@ -22,8 +22,15 @@ def _csv(kind):
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad flag ends like every other bad input: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see python -m benchmark --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--profile", default="quick", help="profile name (benchmark/profiles/*.yaml) or path (default: quick)")
     p.add_argument("--methods", type=_csv(str), help="comma-separated methods, optionally with a preset: at,taet.authors")
     p.add_argument("--irs", type=_csv(float), help="comma-separated imbalance ratios (n_max / n_min), e.g. 10,50,100")

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from attacks import AttackSpec
+from methods import get_method_class
 from .errors import UsageError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -27,6 +28,8 @@ AMP_MODES = ("none", "bf16")
 SCHEDULE_UNITS = ("epoch", "iteration")
 # Fields that say where things are, not what is computed: left out of the cell key.
 LOCATION_FIELDS = ("data_root", "download", "device")
+# Fields whose resolved form (eps_value, *_spec(s), method_hparams, milestone_epochs) is what the key hashes.
+AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones")
 
 
 def parse_number(value: Any, eps: float | None = None, what: str = "value") -> float:
@@ -171,7 +174,7 @@ class Config:
         eps = self.eps_value
         if not 0.0 <= eps <= 1.0:
             raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
-        if float(self.imbalance_ratio) < 1:
+        if not float(self.imbalance_ratio) >= 1:  # also rejects NaN
             raise UsageError(f"imbalance ratio must be >= 1 (n_max / n_min); got {self.imbalance_ratio}")
         if self.test_split not in TEST_SPLITS:
             raise UsageError(f"test_split must be one of {', '.join(TEST_SPLITS)}; got {self.test_split!r}")
@@ -197,6 +200,7 @@ class Config:
     def resolved(self) -> dict:
         """The config with every number that runs spelled out: what the cell key hashes."""
         out = self.to_dict()
+        out["method_hparams"] = {**get_method_class(self.method_name).defaults, **self.method_args}
         out["eps_value"] = self.eps_value
         out["train_attack_spec"] = self.train_attack_spec().to_dict()
         out["eval_attack_specs"] = [s.to_dict() for s in self.eval_attack_specs()]
@@ -205,8 +209,10 @@ class Config:
         return out
 
     def key(self) -> str:
-        """Stable cell key: readable prefix + hash of the resolved config (locations left out)."""
-        semantic = {k: v for k, v in self.resolved().items() if k not in LOCATION_FIELDS}
+        """Stable cell key: readable prefix + hash of the resolved config. Locations are left out, and
+        so are the as-written forms that ``resolved`` spells out (ε, attacks, method arguments), so
+        ``eps: 0.1`` and ``eps: 1/10`` name the same cell."""
+        semantic = {k: v for k, v in self.resolved().items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS}
         digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
         ir = f"{float(self.imbalance_ratio):g}"
         return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
@@ -258,8 +264,6 @@ def load_profile(name_or_path: str) -> dict:
 
 def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
     """One validated Config per (method, imbalance ratio, seed), in that nesting order."""
-    from methods import get_method_class  # late import: methods import config helpers
-
     settings = merge(profile, {k: v for k, v in (overrides or {}).items() if v is not None})
     settings.pop("description", None)
     axes = {}

@@ -39,8 +39,12 @@ def cell_status(cell_dir: Path) -> str:
 
 
 def _set_aside(cell_dir: Path) -> Path:
-    """Move a finished cell's files into ``superseded/<time>/`` before a forced re-run."""
-    target = cell_dir / "superseded" / dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    """Move a cell's files into ``superseded/<time>/`` before a forced re-run (never overwrite results)."""
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target, n = cell_dir / "superseded" / stamp, 1
+    while target.exists():
+        n += 1
+        target = cell_dir / "superseded" / f"{stamp}-{n}"
     target.mkdir(parents=True)
     for item in list(cell_dir.iterdir()):
         if item.name != "superseded":
@@ -60,11 +64,12 @@ def evaluation_subset(cfg: Config, data: CellData) -> tuple[torch.Tensor, torch.
 def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool = True) -> dict:
     """Train (or resume) and evaluate one cell; return its metrics (read back if already finished)."""
     cell_dir = Path(results_dir) / cfg.key()
-    if (cell_dir / METRICS).exists():
-        if not force:
-            return read_json(cell_dir / METRICS)
+    status = cell_status(cell_dir)
+    if status == "done" and not force:
+        return read_json(cell_dir / METRICS)
+    if force and status != "new":  # a forced run starts over, finished or not
         moved = _set_aside(cell_dir)
-        print(f"--force: previous results of {cell_dir.name} moved to {moved}", file=sys.stderr)
+        print(f"--force: previous files of {cell_dir.name} moved to {moved}", file=sys.stderr)
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cell_dir / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
@@ -133,8 +138,8 @@ def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progre
     out = []
     for i, cfg in enumerate(cells, 1):
         status = cell_status(Path(results_dir) / cfg.key())
-        verb = {"done": "skip (finished)" if not force else "re-run (--force)", "resumable": "resume",
-                "new": "run"}[status]
+        verb = "re-run (--force)" if force and status != "new" else \
+            {"done": "skip (finished)", "resumable": "resume", "new": "run"}[status]
         print(f"[{i}/{len(cells)}] {verb}: {cfg.key()}", flush=True)
         metrics = run_cell(cfg, results_dir, force=force, progress=progress)
         print(format_cell_table(metrics), flush=True)

@@ -65,11 +65,17 @@ def _autocast(cfg: Config, device: torch.device):
 
 
 def _trim_log(path: Path, last_epoch: int) -> None:
-    """Keep only log lines of epochs the checkpoint covers (a crash may fall between the two writes)."""
+    """Keep only whole log lines of epochs the checkpoint covers: a crash may fall between the log
+    and checkpoint writes, or in the middle of a line."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= last_epoch:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
@@ -157,13 +163,13 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         }
         if device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        with log_path.open("a") as handle:  # log first: a log ahead of the checkpoint is trimmed on resume
+            handle.write(json.dumps(record) + "\n")
         save_torch_atomic(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
             "train_seconds": seconds, "config": cfg.to_dict(),
         })
-        with log_path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
         epochs.set_postfix(loss=f"{record['loss']:.3f}", mon_clean=f"{record['monitor_clean_acc']:.2f}",
                            mon_rob=f"{record[f'monitor_{monitor_attack.name}_acc']:.2f}")
     return {"train_seconds": seconds, "epochs": cfg.epochs, "resumed_from_epoch": resumed_from,
