@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-STARTS = ("none", "uniform", "normal")
+STARTS = ("none", "uniform", "uniform_one_sided", "normal")
 
 
 def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -47,12 +47,13 @@ def frozen_parameters(model: torch.nn.Module):
 
 
 def random_start(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Initial point of PGD: x itself, x + U[-ε, ε] (Madry) or x + 0.001·N(0, 1) (TRADES/AT-BSL code)."""
+    """Initial point of PGD: x itself, x + U[-ε, ε] (Madry), x + ε·U[0, 1) (RoBal's code) or
+    x + 0.001·N(0, 1) (TRADES/AT-BSL code)."""
     if kind == "none":
         return x.clone()
-    if kind == "uniform":
+    if kind in ("uniform", "uniform_one_sided"):
         noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
-        noise = (noise.to(x.device) * 2 - 1) * eps
+        noise = noise.to(x.device) * eps if kind == "uniform_one_sided" else (noise.to(x.device) * 2 - 1) * eps
     elif kind == "normal":
         noise = torch.randn(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
         noise = noise.to(x.device) * 0.001

@@ -1,5 +1,15 @@
-"""Training methods: ``base`` holds the interface and registry; importing a method file registers it."""
-from .base import LossOut, Method, TrainContext, create_method, describe_methods, get_method_class, list_methods, register_method
-from . import at, taet  # noqa: F401,E402  (registration)
+"""Training methods: ``base`` holds the interface and registry; every other module here is one method,
+and importing it registers it (all are imported below, so a new method is one new file)."""
+import importlib
+import pkgutil
 
-__all__ = ["LossOut", "Method", "TrainContext", "create_method", "describe_methods", "get_method_class", "list_methods", "register_method"]
+from .base import (LossOut, Method, TrainContext, create_method, describe_methods, get_method_class, list_methods,
+                   register_method)
+
+_NOT_METHODS = {"base", "losses", "cards"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _NOT_METHODS:
+        importlib.import_module(f"{__name__}.{_module}")
+
+__all__ = ["LossOut", "Method", "TrainContext", "create_method", "describe_methods", "get_method_class",
+           "list_methods", "register_method"]

@@ -16,6 +16,9 @@ from .base import LossOut, Method, register_method
 
 @register_method("at")
 class PGDAT(Method):
+    summary = "cross-entropy on PGD adversarial examples only (the min-max baseline)"
+    paper = "Madry et al., ICLR 2018, arXiv 1706.06083, Eq. 2.1"
+    code = "MadryLab/cifar10_challenge"
     presets = {
         "common": {},
         "madry": {

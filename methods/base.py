@@ -6,7 +6,6 @@ the model (``wrap_model``) or to inference (``logits``), and any state it keeps 
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -48,6 +47,9 @@ class Method:
     """
 
     name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # one line: what the method changes (loss, head, inference)
+    paper: ClassVar[str] = ""  # authors, venue, year, arXiv id; the equation the loss implements
+    code: ClassVar[str] = ""  # the authors' repository the implementation was checked against
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict]] = {}
 
@@ -114,13 +116,12 @@ def list_methods() -> list[str]:
 
 
 def describe_methods() -> list[str]:
-    """One line per registered method: name, presets and first docstring line."""
+    """One line per registered method: name, one-line summary, paper and presets."""
     lines = []
     for name in list_methods():
         cls = METHODS[name]
-        doc = (sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
         presets = ", ".join(sorted(cls.presets)) or "-"
-        lines.append(f"{name:<8} presets: {presets:<16} {doc[0] if doc else ''}")
+        lines.append(f"{name:<9} {cls.summary} [{cls.paper}] presets: {presets}")
     return lines
 
 

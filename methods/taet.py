@@ -61,6 +61,9 @@ def harl_terms(per_example: torch.Tensor, y: torch.Tensor, num_classes: int,
 
 @register_method("taet")
 class TAET(Method):
+    summary = "clean CE for a first stage, then HARL (balanced class loss + deviation + rare-class emphasis) on PGD examples"
+    paper = "Wang Yu-Hang et al., CVPR 2025, arXiv 2503.01924 (HARL: BCL, HDL, RCEL)"
+    code = "BuhuiOK/TAET-Two-Stage-Adversarial-Equalization-Training-on-Long-Tailed-Distributions"
     defaults = {"alpha": 0.1, "beta": 0.1, "gamma": 0.1, "ce_fraction": 0.4, "ce_epochs": None, "class_mean": "all"}
     presets = {
         "common": {},
