@@ -10,7 +10,7 @@ RESULTS ?= results
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
 	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS))
 
-.PHONY: setup bench test gpu-check clean-venv
+.PHONY: setup bench test gpu-check docs clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ bench: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# Regenerate the method cards in docs/methods/ from the methods' docstrings and registry entries.
+docs: setup
+	$(PY) -m methods.cards
 
 clean-venv:
 	rm -rf $(VENV)
