@@ -20,6 +20,7 @@ import yaml
 
 from attacks import AttackSpec
 from methods import get_method_class
+from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
@@ -176,6 +177,8 @@ class Config:
             raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
         if not float(self.imbalance_ratio) >= 1:  # also rejects NaN
             raise UsageError(f"imbalance ratio must be >= 1 (n_max / n_min); got {self.imbalance_ratio}")
+        if self.augment not in AUGMENTATIONS:
+            raise UsageError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
         if self.test_split not in TEST_SPLITS:
             raise UsageError(f"test_split must be one of {', '.join(TEST_SPLITS)}; got {self.test_split!r}")
         if self.amp not in AMP_MODES:

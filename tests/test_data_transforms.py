@@ -39,7 +39,7 @@ def recover_draws(inputs: torch.Tensor, outputs: torch.Tensor) -> list[tuple[int
 
 
 def test_known_augmentations():
-    assert AUGMENTATIONS == ("none", "crop_flip")
+    assert AUGMENTATIONS == ("none", "crop_flip", "randaugment_crop_flip", "autoaugment_crop_flip")
 
 
 def test_none_returns_the_batch_itself():
