@@ -129,6 +129,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True,
                                       drop_last=cfg.drop_last, generator=generator):
             xb = augment(to_float(xb), cfg.augment, generator)
+            ctx.lr = optimizer.param_groups[0]["lr"]
             with _autocast(cfg, device):
                 out = method.loss(model, xb, yb, ctx)
             optimizer.zero_grad(set_to_none=True)
