@@ -22,6 +22,20 @@ def ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
 
+def cw_margin_sum(logits: torch.Tensor, y: torch.Tensor, confidence: float = 50.0) -> torch.Tensor:
+    """Carlini-Wagner margin objective as AT-BSL's evaluation maximizes it: Σ −max(z_y − max_{j≠y} z_j + κ, 0)."""
+    logits = logits.float()
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.masked_fill(torch.nn.functional.one_hot(y, logits.shape[1]).bool(), float("-inf")).amax(1)
+    return -(true - other + confidence).clamp(min=0).sum()
+
+
+def scaled_ce_sum(logits: torch.Tensor, y: torch.Tensor, scale: float = 10.0) -> torch.Tensor:
+    """Cross-entropy of logits × scale: a PGD on it still moves when the logit scale saturates the softmax
+    (AT-BSL's logit-scaling attack), so robustness that comes only from logit scale shows up."""
+    return ce_sum(logits.float() * scale, y)
+
+
 @contextmanager
 def eval_mode(model: torch.nn.Module):
     """Run the block with the model in eval mode and restore whatever mode it had."""

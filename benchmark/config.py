@@ -63,12 +63,15 @@ class AttackConfig:
     step_size: Any = "eps/4"
     start: str = "normal"
     name: str = ""  # key its results are stored under; default e.g. "pgd20"
+    loss: str = "ce"  # PGD objective: ce, cw (margin, confidence loss_param) or scaled_ce (logits × loss_param)
+    loss_param: Any = None
 
     def resolve(self, eps: float, name: str | None = None) -> AttackSpec:
         try:
             return AttackSpec(kind=self.kind, eps=eps, steps=int(self.steps),
                               step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
-                              start=self.start, name=self.name if name is None else name)
+                              start=self.start, name=self.name if name is None else name, loss=self.loss,
+                              loss_param=None if self.loss_param is None else float(self.loss_param))
         except ValueError as err:
             raise UsageError(str(err)) from None
 

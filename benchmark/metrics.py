@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+WORST_CASE = "worst_case"  # key of the per-example worst case over clean input and all attacks
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """counts[i, j] = number of examples of class i predicted as j."""
@@ -70,10 +72,23 @@ def summarize_predictions(y_true: np.ndarray, y_pred: np.ndarray, num_classes: i
     }
 
 
+def worst_case_predictions(y_true: np.ndarray, predictions: dict[str, np.ndarray]) -> np.ndarray:
+    """Per-example worst case over clean input and every attack ("robust to all"): an example counts as
+    correct only if every prediction is; otherwise it takes the first wrong prediction (clean first)."""
+    y_true = np.asarray(y_true)
+    worst = y_true.copy()
+    for pred in predictions.values():
+        still_correct = worst == y_true
+        worst = np.where(still_correct & (pred != y_true), pred, worst)
+    return worst
+
+
 def summarize_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], num_classes: int,
                          train_counts: list[int]) -> dict:
     """Metrics for clean inputs and every attack; ``balanced`` under an attack is its Balanced Robustness."""
     support = np.bincount(np.asarray(y_true), minlength=num_classes)
+    if len(predictions) > 1:  # clean plus at least one attack: add the per-example worst case
+        predictions = {**predictions, WORST_CASE: worst_case_predictions(y_true, predictions)}
     return {
         "test_support": [int(s) for s in support],
         "undefined_classes": [int(c) for c in np.flatnonzero(support == 0)],

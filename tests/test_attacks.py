@@ -1,6 +1,9 @@
 """Our PGD/FGSM: constraints, mode handling, hand-checked steps, and agreement with torchattacks."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -89,3 +92,28 @@ def test_run_attack_dispatches_each_kind_within_budget(clean_mnist_model, mnist5
         x_adv = run_attack(spec, clean_mnist_model, x, y, torch.Generator().manual_seed(0))
         assert x_adv.shape == x.shape and (x_adv - x).abs().max() <= 0.1 + 1e-6
     assert AttackSpec("pgd", 0.1, 20, 0.025).name == "pgd20"
+
+
+def test_cw_margin_and_scaled_ce_objectives_match_hand_values():
+    from attacks.pgd import cw_margin_sum, scaled_ce_sum
+
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.5]])
+    y = torch.tensor([0, 2])
+    # margins z_y − max_{j≠y} z_j: 3 − 1 = 2 and 1.5 − 2 = −0.5; κ = 50 → −(52) − (49.5)
+    assert cw_margin_sum(logits, y).item() == pytest.approx(-101.5)
+    assert cw_margin_sum(logits, y, confidence=0.0).item() == pytest.approx(-2.0)  # the second is clamped to 0
+    ce10 = -(30 - math.log(math.exp(30) + math.exp(10) + 1)) - (15 - math.log(1 + math.exp(20) + math.exp(15)))
+    assert scaled_ce_sum(logits, y).item() == pytest.approx(ce10, rel=1e-5)
+
+
+def test_cw_and_logit_scaled_pgd_get_their_names_and_stay_in_budget(clean_mnist_model, mnist5k):
+    x, y = _batch(mnist5k, 32)
+    for loss, name in (("cw", "cw20"), ("scaled_ce", "lsa20")):
+        spec = AttackSpec("pgd", 0.1, 20, 0.025, "uniform", loss=loss)
+        assert spec.name == name
+        x_adv = run_attack(spec, clean_mnist_model, x, y, torch.Generator().manual_seed(0))
+        assert (x_adv - x).abs().max() <= 0.1 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+        with torch.no_grad():
+            assert (clean_mnist_model(x_adv).argmax(1) == y).float().mean() < (clean_mnist_model(x).argmax(1) == y).float().mean()
+    with pytest.raises(ValueError, match="needs kind 'pgd'"):
+        AttackSpec("fgsm", 0.1, loss="cw")

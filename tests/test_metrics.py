@@ -55,3 +55,17 @@ def test_hundred_class_groups_use_many_medium_few_thresholds():
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():
     cm = confusion_matrix(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 0, 2]), 3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
+
+
+def test_worst_case_counts_an_example_only_if_clean_and_every_attack_get_it_right():
+    from benchmark.metrics import worst_case_predictions
+
+    y_true = np.array([0, 1, 2, 0, 1])
+    predictions = {"clean": np.array([0, 1, 1, 0, 1]),   # example 2 wrong on clean input
+                   "fgsm": np.array([0, 2, 1, 0, 1]),    # breaks example 1
+                   "pgd20": np.array([0, 1, 0, 2, 1])}   # breaks example 3 only (example 1 survives PGD)
+    worst = worst_case_predictions(y_true, predictions)
+    assert worst.tolist() == [0, 2, 1, 2, 1]  # first wrong label kept: clean's for 2, fgsm's for 1, pgd's for 3
+    out = summarize_evaluation(y_true, predictions, 3, train_counts=[5, 3, 1])
+    assert out["attacks"]["worst_case"]["per_class_recall"] == [0.5, 0.5, 0.0]
+    assert out["attacks"]["worst_case"]["accuracy"] == 0.4  # below every single attack's 0.6

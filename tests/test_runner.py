@@ -140,8 +140,11 @@ def test_metrics_json_records_long_tailed_train_counts_and_eval_subset(finished_
 
 def test_metrics_json_has_clean_and_pgd_per_class_results(finished_run):
     evaluation = _read_metrics(finished_run.cell)["evaluation"]
-    assert set(evaluation["attacks"]) == {"clean", "pgd3"}
+    assert set(evaluation["attacks"]) == {"clean", "pgd3", "worst_case"}
     assert evaluation["test_support"] == [20] * 10
+    worst = evaluation["attacks"]["worst_case"]["per_class_correct"]
+    assert all(w <= min(c, p) for w, c, p in zip(worst, evaluation["attacks"]["clean"]["per_class_correct"],
+                                                 evaluation["attacks"]["pgd3"]["per_class_correct"]))
     for name, result in evaluation["attacks"].items():
         recall = result["per_class_recall"]
         assert len(recall) == 10, name
