@@ -20,6 +20,7 @@ import yaml
 
 from attacks import AttackSpec
 from methods import get_method_class
+from .data.datasets import NATURALLY_IMBALANCED
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
 
@@ -180,6 +181,9 @@ class Config:
             raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
         if not float(self.imbalance_ratio) >= 1:  # also rejects NaN
             raise UsageError(f"imbalance ratio must be >= 1 (n_max / n_min); got {self.imbalance_ratio}")
+        if self.dataset in NATURALLY_IMBALANCED and (float(self.imbalance_ratio) != 1 or self.test_split != "balanced"):
+            raise UsageError(f"{self.dataset} is used at its natural imbalance: give imbalance ratio 1 and "
+                             f"test_split balanced (the published split); got {self.imbalance_ratio:g}, {self.test_split}")
         if self.augment not in AUGMENTATIONS:
             raise UsageError(f"augment must be one of {', '.join(AUGMENTATIONS)}; got {self.augment!r}")
         if self.test_split not in TEST_SPLITS:

@@ -19,6 +19,7 @@ import yaml
 from methods import create_method
 from .config import Config
 from .data.loader import stratified_subset
+from .data.datasets import NATURALLY_IMBALANCED
 from .data.prepare import CellData, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
@@ -103,7 +104,8 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
         "method": {"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
         "data": {"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
                  "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
-                 "train_size": int(sum(data.train_counts)), "test_split": cfg.test_split,
+                 "train_size": int(sum(data.train_counts)),
+                 "test_split": "natural" if data.name in NATURALLY_IMBALANCED else cfg.test_split,
                  "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
                  "eval_examples": int(len(y_eval)),
                  "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},

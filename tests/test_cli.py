@@ -56,7 +56,7 @@ BROKEN_PROFILES = {
 
 # case id -> (extra CLI arguments, text the single stderr line must contain). "{tmp}" is the profile folder.
 BAD_INPUT = {
-    "unknown_method": (["--methods", "nope"], "unknown method 'nope'; known methods: at, "),
+    "unknown_method": (["--methods", "nope"], "unknown method 'nope'; known methods: "),
     "ir_below_one": (["--irs", "0.5"], "imbalance ratio must be >= 1"),
     "eps_above_one": (["--eps", "2"], "eps must lie in [0, 1]"),
     "missing_data_root": (["--data-root", "/nonexistent"], "data root /nonexistent does not exist"),

@@ -141,7 +141,7 @@ def test_grid_expands_methods_then_ratios_then_seeds():
 
 
 @pytest.mark.parametrize("profile, message", [
-    ({"methods": ["nope"]}, "unknown method 'nope'; known methods: at, "),
+    ({"methods": ["nope"]}, "unknown method 'nope'; known methods: "),
     ({"methods": ["at.nope"]}, "no preset 'nope'"),
     ({"imbalance_ratios": [0.5]}, "imbalance ratio must be >= 1"),
     ({"eps": 1.5}, "eps must lie in"),

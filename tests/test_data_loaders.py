@@ -103,7 +103,7 @@ def no_network(monkeypatch):
 
 
 def test_known_names():
-    assert DATASETS == ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100")
+    assert DATASETS == ("mnist5k", "mnist", "fashion_mnist", "cifar10", "cifar100", "tinyimagenet", "dermamnist")
 
 
 def test_cifar10_round_trips(tmp_path):

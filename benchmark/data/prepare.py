@@ -1,4 +1,10 @@
-"""The data of one cell: the dataset, its long-tailed training subset and the chosen test split."""
+"""The data of one cell: the dataset, its long-tailed training subset and the chosen test split.
+
+Balanced datasets (MNIST, CIFAR, Tiny-ImageNet) are made long-tailed by subsampling the training
+split at the cell's imbalance ratio. Datasets in NATURALLY_IMBALANCED (DermaMNIST) are already
+long-tailed: every training image is kept, so their cells must say ``imbalance_ratio: 1`` (no extra
+imbalance on top of the natural one), and the recorded ``train_counts`` show the natural counts.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,7 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .datasets import load_dataset
+from benchmark.errors import UsageError
+
+from .datasets import NATURALLY_IMBALANCED, load_dataset
 from .longtail import make_longtail
 
 
@@ -22,7 +30,7 @@ class CellData:
     y_test: torch.Tensor
     train_counts: list[int]
     train_indices: np.ndarray
-    test_indices: np.ndarray | None  # None: the full (balanced) test split
+    test_indices: np.ndarray | None  # None: the full test split (balanced, except for NATURALLY_IMBALANCED data)
 
     @property
     def num_classes(self) -> int:
@@ -35,8 +43,22 @@ class CellData:
 
 def prepare_cell_data(cfg) -> CellData:
     """Long-tailed training subset (its own subset seed); balanced test split unless ``test_split: longtail``,
-    which applies the same IR to the test split as the TAET authors' code does."""
+    which applies the same IR to the test split as the TAET authors' code does.
+
+    A naturally imbalanced dataset (NATURALLY_IMBALANCED) is used as published: all training images
+    (train_counts = their per-class counts), the published test split, which is imbalanced like the
+    training split (compare methods on per-class / balanced metrics). It needs ``imbalance_ratio: 1``
+    and the default ``test_split``; anything else is a UsageError, raised before any file is read, so
+    that no two cell keys ever name the same experiment.
+    """
+    if cfg.dataset in NATURALLY_IMBALANCED:
+        _check_natural_settings(cfg)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
+    if cfg.dataset in NATURALLY_IMBALANCED:
+        counts = np.bincount(data.y_train.numpy(), minlength=data.num_classes)
+        return CellData(name=data.name, classes=list(data.classes), x_train=data.x_train, y_train=data.y_train,
+                        x_test=data.x_test, y_test=data.y_test, train_counts=[int(n) for n in counts],
+                        train_indices=np.arange(len(data.y_train), dtype=np.int64), test_indices=None)
     train = make_longtail(data.y_train, data.num_classes, cfg.imbalance_ratio, seed=cfg.subset_seed)
     x_test, y_test, test_indices = data.x_test, data.y_test, None
     if cfg.test_split == "longtail":
@@ -47,3 +69,14 @@ def prepare_cell_data(cfg) -> CellData:
     return CellData(name=data.name, classes=list(data.classes), x_train=data.x_train[idx], y_train=data.y_train[idx],
                     x_test=x_test, y_test=y_test, train_counts=list(train.counts), train_indices=train.indices,
                     test_indices=test_indices)
+
+
+def _check_natural_settings(cfg) -> None:
+    if float(cfg.imbalance_ratio) != 1:
+        raise UsageError(
+            f"{cfg.dataset} is used at its natural class imbalance (every training image is kept); "
+            f"set imbalance_ratio to 1 (no extra subsampling), got {float(cfg.imbalance_ratio):g}")
+    if cfg.test_split != "balanced":
+        raise UsageError(
+            f"{cfg.dataset}: test_split {cfg.test_split!r} does not apply to a naturally imbalanced dataset; "
+            f"its published test split is used as it is (leave test_split at 'balanced')")
