@@ -90,6 +90,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     result = evaluate(InferenceModel(model, method), x_eval, y_eval, cfg.eval_attack_specs(), cfg.eval_batch_size,
                       device, seed=cfg.seed, progress=progress)
     cost["eval_seconds"] = time.perf_counter() - started
+    cost["method_extra_parameters"] = int(getattr(method, "extra_parameters", 0))  # e.g. LAS-AT's policy network
     if device.type == "cuda":
         cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),

@@ -26,7 +26,7 @@ class TrainContext:
     class_counts: torch.Tensor  # training examples per class, on the training device
     attack: AttackSpec  # the training attack of the resolved config
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    lr: float = 0.0  # the optimizer's current learning rate (for methods that take a lookahead step)
+    lr: float | None = None  # the optimizer's current learning rate, set by the loop before each step
 
 
 @dataclass
