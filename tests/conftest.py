@@ -6,6 +6,16 @@ import torch
 import torch.nn.functional as F
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny CPU kernels: two OpenMP threads gain little on such
+    batches and spin against other processes when the 2 cores are shared (measured 3-25x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mnist5k():
     from benchmark.data import load_dataset

@@ -21,14 +21,7 @@ LOGITS = torch.tensor([[1.0, 0.5, -0.5], [0.2, 1.5, 0.0], [0.0, 0.3, 2.0], [2.0,
 LABELS = torch.tensor([0, 1, 2, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Small CNN batches on 2 shared cores: two OpenMP threads spin against other processes and made
-    PGD-10 on 64 digits 25× slower under load (measured); one thread is steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class FixedLogits(torch.nn.Module):

@@ -16,13 +16,7 @@ from methods import TrainContext, create_method, describe_methods, get_method_cl
 from methods.gairat import gair_weights, geometry_aware_pgd
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU kernels on 2 shared cores: one intra-op thread is steadier and faster under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A 3-class linear model on 2x2 one-channel inputs: logits = W·vec(x) + b.

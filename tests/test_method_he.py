@@ -23,13 +23,7 @@ W = [[3.0, 4.0], [0.0, 2.0], [-1.0, 0.0]]  # row norms 5, 2, 1
 MODES = ("project", "explicit")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU kernels: one thread avoids oversubscribing the 2 shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(attack=None, num_classes=3):

@@ -26,13 +26,7 @@ EPS = 0.1  # the quick profile's ε
 SMALL_POLICY = {"policy_model": "small_cnn", "policy_model_args": {"width": 0.25, "drop_rate": 0.0}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny CPU kernels: one thread avoids oversubscribing the 2 shared cores (much faster under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ctx(step=0, num_classes=10, lr=0.05, eps=EPS):

@@ -18,13 +18,7 @@ from methods import TrainContext, create_method, describe_methods, get_method_cl
 from methods.reat import effective_number_weights, tail_alignment, tail_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU kernels on 2 shared cores: one intra-op thread is steadier and faster under load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A 5-class toy whose class order is NOT head to tail: by rank the tail is {1, 4}, by index {3, 4}.

@@ -47,12 +47,7 @@ IR10_TRAIN_COUNTS = [400, 309, 239, 185, 143, 111, 86, 66, 51, 40]
 STEPS_PER_EPOCH = sum(IR10_TRAIN_COUNTS) // 64  # 1,600 digits, batch 64, drop_last
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @dataclass(frozen=True)
