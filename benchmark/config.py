@@ -105,6 +105,9 @@ class Config:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    # lr ×lr_gamma after these 0-based epochs: fractions (< 1) of the budget, whole epochs, or "a/b".
+    # [0.75, 0.9] at 100 epochs = 75, 90 (TAET's MultiStepLR); AT-BSL/TRADES code decays one epoch
+    # earlier (their 1-based epoch 75 = 0-based 74), which the methods' `paper` presets spell out.
     milestones: list = field(default_factory=lambda: [0.75, 0.9])
     lr_gamma: float = 0.1
     schedule_unit: str = "epoch"
