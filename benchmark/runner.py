@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from methods import create_method
+from .audit import build_audit, zero_gradient_fraction
 from .config import Config
 from .data.loader import stratified_subset
 from .data.datasets import NATURALLY_IMBALANCED
@@ -87,8 +88,11 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
 
     x_eval, y_eval, eval_idx = evaluation_subset(cfg, data)
     started = time.perf_counter()
-    result = evaluate(InferenceModel(model, method), x_eval, y_eval, cfg.eval_attack_specs(), cfg.eval_batch_size,
-                      device, seed=cfg.seed, progress=progress)
+    inference, attack_specs = InferenceModel(model, method), cfg.eval_attack_specs()
+    result = evaluate(inference, x_eval, y_eval, attack_specs, cfg.eval_batch_size, device, seed=cfg.seed,
+                      progress=progress)
+    audit = build_audit(y_eval.numpy(), result["predictions"], attack_specs, result["records"], data.num_classes,
+                        zero_gradient_fraction(inference, x_eval, y_eval, cfg.eval_batch_size, device))
     cost["eval_seconds"] = time.perf_counter() - started
     cost["method_extra_parameters"] = int(getattr(method, "extra_parameters", 0))  # e.g. LAS-AT's policy network
     if device.type == "cuda":
@@ -112,6 +116,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
                  "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
         "seeds": {"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
         "evaluation": {**summary, "attack_records": result["records"]},
+        "audit": audit,
         "cost": cost,
         "config": cfg.resolved(),
         "versions": package_versions(),
@@ -133,6 +138,7 @@ def format_cell_table(metrics: dict) -> str:
         cells = "".join(f"{'-' if r is None else f'{100 * r:.1f}':>{width}}" for r in m["per_class_recall"])
         lines.append(f"{attack:<{label}}{cells}{100 * m['balanced']:>9.1f}{100 * m['accuracy']:>8.1f}")
     lines.append("mean = balanced accuracy (clean) / Balanced Robustness (attacks); acc = plain accuracy")
+    lines += [f"AUDIT: {flag}" for flag in metrics.get("audit", {}).get("flags", [])]
     return "\n".join(lines)
 
 

@@ -1,0 +1,88 @@
+"""The audit block of an evaluation: checks that catch broken attacks and gradient masking.
+
+Never hidden: every cell's ``metrics.json`` carries it, and a failed check is a flag, not an error,
+so a suspicious number stays visible next to the evidence against it.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from attacks import AttackSpec
+from .data.loader import to_float
+
+ORDER_TOLERANCE = 0.01  # robust accuracy a stronger attack may exceed a weaker one by (sampling noise of random starts)
+
+
+def attack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[str, AttackSpec],
+                     num_classes: int) -> list[dict]:
+    """Per-class count of examples on which our PGD and torchattacks' PGD (same ε, steps, step, no random
+    start) disagree about robustness; a class with more than one is flagged."""
+    out = []
+    for ours in specs.values():
+        if ours.kind != "pgd" or ours.start != "none" or ours.loss != "ce":
+            continue
+        for theirs in specs.values():
+            if (theirs.kind == "torchattacks_pgd" and theirs.start == "none" and theirs.eps == ours.eps
+                    and theirs.steps == ours.steps and theirs.step_size == ours.step_size):
+                differs = (predictions[ours.name] == y) != (predictions[theirs.name] == y)
+                per_class = np.bincount(y[differs], minlength=num_classes)
+                out.append({"ours": ours.name, "torchattacks": theirs.name, "disagreements": int(differs.sum()),
+                            "per_class": per_class.tolist(),
+                            "flagged_classes": [int(c) for c in np.flatnonzero(per_class > 1)]})
+    return out
+
+
+def order_checks(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[str, AttackSpec],
+                 tolerance: float = ORDER_TOLERANCE) -> list[dict]:
+    """Robust accuracy must not rise with attack strength: PGD ≤ FGSM at the same ε, and a PGD with more
+    steps ≤ one with fewer (same ε and objective). A violation hints at gradient masking."""
+    acc = {name: float((pred == y).mean()) for name, pred in predictions.items() if name in specs}
+    pairs = []
+    for strong in specs.values():
+        for weak in specs.values():
+            same_eps = strong.eps == weak.eps
+            if strong.kind == "pgd" and weak.kind == "fgsm" and same_eps and strong.loss == "ce":
+                pairs.append((strong, weak))
+            elif (strong.kind == weak.kind == "pgd" and same_eps and strong.loss == weak.loss
+                  and strong.start == weak.start and strong.steps > weak.steps):
+                pairs.append((strong, weak))
+    return [{"stronger": s.name, "weaker": w.name, "stronger_acc": acc[s.name], "weaker_acc": acc[w.name],
+             "ok": acc[s.name] <= acc[w.name] + tolerance} for s, w in pairs]
+
+
+def zero_gradient_fraction(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                           device: torch.device) -> float:
+    """Share of examples whose cross-entropy input gradient at x is exactly zero (masking, or saturated softmax)."""
+    zero, was_training = 0, model.training
+    model.eval()
+    for start in range(0, len(x), batch_size):
+        xb = x[start:start + batch_size].to(device)
+        xb = (to_float(xb) if xb.dtype == torch.uint8 else xb.float()).requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(xb).float(), y[start:start + batch_size].to(device),
+                                                 reduction="sum")
+        (grad,) = torch.autograd.grad(loss, xb)
+        zero += int((grad.flatten(1).abs().amax(1) == 0).sum())
+    model.train(was_training)
+    return zero / max(len(x), 1)
+
+
+def build_audit(y: np.ndarray, predictions: dict[str, np.ndarray], specs: list[AttackSpec],
+                records: dict[str, dict], num_classes: int, zero_grad: float) -> dict:
+    """The audit block written beside the metrics; ``flags`` lists every failed check in words."""
+    by_name = {s.name: s for s in specs}
+    agreement = attack_agreement(y, predictions, by_name, num_classes)
+    order = order_checks(y, predictions, by_name)
+    in_ball = {name: records[name]["max_linf"] <= by_name[name].eps + 1e-6
+               and records[name]["min_pixel"] >= 0.0 and records[name]["max_pixel"] <= 1.0 for name in by_name}
+    flags = [f"{a['ours']} vs {a['torchattacks']}: classes {a['flagged_classes']} disagree on more than one example"
+             for a in agreement if a["flagged_classes"]]
+    flags += [f"{o['stronger']} ({o['stronger_acc']:.3f}) above {o['weaker']} ({o['weaker_acc']:.3f})"
+              for o in order if not o["ok"]]
+    flags += [f"{name} left the ε-ball or [0, 1]" for name, ok in in_ball.items() if not ok]
+    if zero_grad > 0.05:
+        flags.append(f"{zero_grad:.1%} of examples have a zero input gradient")
+    return {"attack_agreement": agreement, "order_checks": order, "order_tolerance": ORDER_TOLERANCE,
+            "within_budget": in_ball, "zero_gradient_fraction": zero_grad,
+            "rescored": "every robust prediction is the model's prediction on the attack's returned input",
+            "model_mode_during_attacks": "eval", "flags": flags}
