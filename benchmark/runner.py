@@ -25,7 +25,8 @@ from .data.prepare import CellData, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
 from .models import create_model
-from .results import SCHEMA_VERSION, package_versions, read_json, save_npz_atomic, write_json_atomic, write_text_atomic
+from .results import (SCHEMA_VERSION, harness_commit, package_versions, peak_rss_mb, read_json, save_npz_atomic,
+                      write_json_atomic, write_text_atomic)
 from .train import CHECKPOINT, pick_device, seed_everything, train
 
 METRICS = "metrics.json"
@@ -97,6 +98,9 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     cost["method_extra_parameters"] = int(getattr(method, "extra_parameters", 0))  # e.g. LAS-AT's policy network
     if device.type == "cuda":
         cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+        cost["device_name"] = torch.cuda.get_device_name(device)
+    cost["peak_rss_mb"] = peak_rss_mb()
+    cost["harness_commit"] = harness_commit()
     save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),
                     eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
                     **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
@@ -142,8 +146,21 @@ def format_cell_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def format_grid_summary(all_metrics: list[dict]) -> str:
+    """The grid at a glance: one row per cell with balanced accuracy and the worst-case Balanced Robustness."""
+    lines = [f"{'method':<14}{'IR':>6}{'seed':>6}{'bal.acc':>9}{'BR worst':>10}  flags"]
+    for m in all_metrics:
+        attacks = m["evaluation"]["attacks"]
+        robust = attacks.get("worst_case", attacks["clean"])["balanced"]
+        flags = len(m.get("audit", {}).get("flags", []))
+        lines.append(f"{m['config']['method']:<14}{m['data']['imbalance_ratio']:>6g}{m['seeds']['training']:>6}"
+                     f"{100 * attacks['clean']['balanced']:>9.1f}{100 * robust:>10.1f}  {flags or '-'}")
+    lines.append("BR worst = Balanced Robustness under the per-example worst case over all attacks (%)")
+    return "\n".join(lines)
+
+
 def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run every cell in order, skipping finished ones; print each cell's per-class table."""
+    """Run every cell in order, skipping finished ones; print each cell's per-class table, then a summary."""
     out = []
     for i, cfg in enumerate(cells, 1):
         status = cell_status(Path(results_dir) / cfg.key())
@@ -153,4 +170,6 @@ def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progre
         metrics = run_cell(cfg, results_dir, force=force, progress=progress)
         print(format_cell_table(metrics), flush=True)
         out.append(metrics)
+    if len(out) > 1:
+        print(format_grid_summary(out), flush=True)
     return out
