@@ -18,28 +18,11 @@ from pathlib import Path
 import pytest
 
 from benchmark.config import expand_grid, load_profile
+from toys import TINY_PROFILE
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable  # the interpreter running the tests (the venv's under `make test`)
 
-TINY_PROFILE = """\
-description: tiny CPU profile for tests
-dataset: mnist5k
-methods: [at]
-imbalance_ratios: [10]
-seeds: [0]
-model: small_cnn
-model_args: {width: 0.25}
-epochs: 2
-batch_size: 64
-eps: 0.1
-train_attack: {kind: pgd, steps: 2, step_size: eps/4, start: normal}
-monitor_attack: {kind: pgd, steps: 2, step_size: eps/4, start: uniform}
-monitor_per_class: 5
-eval_attacks:
-  - {kind: pgd, steps: 3, step_size: eps/4, start: uniform}
-eval_per_class: 20
-"""
 
 # Profiles that are broken in one way each (file name -> text).
 BROKEN_PROFILES = {

@@ -16,10 +16,9 @@ from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.models import create_model
 from methods import TrainContext, create_method, describe_methods, get_method_class, list_methods
+from toys import B, W, images as _images, hand_logits as _hand_logits
 
-# A 3-class linear model on 2x2 one-channel inputs: logits = W·vec(x) + b.
-W = [[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]]
-B = [0.1, -0.2, 0.3]
+# The 3-class linear toy (W, B) of tests/toys.py: logits = W·vec(x) + b.
 X = [[0.0, 0.05, 0.6, 1.0], [0.97, 0.1, 0.5, 0.02]]  # pixels at and near 0 and 1: the clamp is active
 Y = [1, 0]
 EPS = 0.1
@@ -38,10 +37,6 @@ class Linear(torch.nn.Module):
     def forward(self, x):
         self.modes.append(self.training)
         return x.flatten(1) @ self.weight.t() + self.bias
-
-
-def _images(rows):
-    return torch.tensor(rows).reshape(len(rows), 1, 2, 2)
 
 
 def _ctx(attack=None, num_classes=3):
@@ -75,10 +70,6 @@ def _hand_sample(x, mu, v, n):
     x_adv = [min(max(xi + EPS * ai, 0.0), 1.0) for xi, ai in zip(x, a)]
     terms = [z * z / 2 + math.log(s + 1e-8) + math.log(1 - ai * ai + 1e-8) for z, s, ai in zip(n, sigma, a)]
     return x_adv, terms
-
-
-def _hand_logits(x):
-    return [sum(w * v for w, v in zip(row, x)) + b for row, b in zip(W, B)]
 
 
 def test_loss_is_ce_of_one_clamped_tanh_gaussian_sample_from_the_learned_distribution_by_hand(monkeypatch):

@@ -14,31 +14,16 @@ from benchmark.data import to_float
 from benchmark.errors import UsageError
 from methods import TrainContext, create_method, describe_methods, get_method_class
 from methods.gairat import gair_weights, geometry_aware_pgd
+from toys import B, W, ToyLinear as Linear, images as _images
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-# A 3-class linear model on 2x2 one-channel inputs: logits = W·vec(x) + b.
-W = [[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]]
-B = [0.1, -0.2, 0.3]
+# The 3-class linear toy (W, B) of tests/toys.py: logits = W·vec(x) + b.
 X_ADV = [[0.3, 0.3, 0.7, 0.7], [0.8, 0.2, 0.4, 0.4], [0.1, 0.9, 0.6, 0.2], [0.5, 0.5, 0.5, 0.5]]
 Y = [1, 0, 2, 1]
 KAPPA = [0, 3, 7, 10]  # geometry values of those four examples out of K = 10
-
-
-class Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.tensor(W))
-        self.bias = torch.nn.Parameter(torch.tensor(B))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.t() + self.bias
-
-
-def _images(rows):
-    return torch.tensor(rows).reshape(len(rows), 1, 2, 2)
 
 
 def _ctx(epoch=0, epochs=8, attack=None):

@@ -14,10 +14,10 @@ from attacks import AttackSpec, pgd, random_start
 from benchmark.config import expand_grid
 from benchmark.data import to_float
 from methods import TrainContext, create_method, describe_methods, get_method_class
+from toys import B, W, ToyLinear as Linear
+from toys import hand_logits as _hand_logits, hand_softmax as _hand_softmax, images as _images
 
-# A 3-class linear model on 2x2 one-channel inputs: logits = W·vec(x) + b.
-W = [[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]]
-B = [0.1, -0.2, 0.3]
+# The 3-class linear toy (W, B) of tests/toys.py: logits = W·vec(x) + b.
 X = [[0.2, 0.4, 0.6, 0.8], [0.9, 0.1, 0.5, 0.3], [0.1, 0.9, 0.2, 0.7]]
 X_ADV = [[0.3, 0.3, 0.7, 0.7], [0.8, 0.2, 0.4, 0.4], [0.2, 0.8, 0.3, 0.6]]  # within 0.1 of X
 # Example 1: y is the arg-max of q, so y' is q's second class. Examples 0, 2: y' is q's arg-max
@@ -26,16 +26,6 @@ Y = [1, 0, 0]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.tensor(W))
-        self.bias = torch.nn.Parameter(torch.tensor(B))
-
-    def forward(self, x):
-        return x.flatten(1) @ self.weight.t() + self.bias
 
 
 class Lookup(torch.nn.Module):
@@ -47,20 +37,6 @@ class Lookup(torch.nn.Module):
 
     def forward(self, x):
         return self.adv if x.abs().sum() > 0 else self.clean
-
-
-def _images(rows):
-    return torch.tensor(rows).reshape(len(rows), 1, 2, 2)
-
-
-def _hand_logits(x):
-    return [sum(w * v for w, v in zip(row, x)) + b for row, b in zip(W, B)]
-
-
-def _hand_softmax(z):
-    m = max(z)
-    e = [math.exp(v - m) for v in z]
-    return [v / sum(e) for v in e]
 
 
 def _ctx(attack=None):

@@ -23,25 +23,8 @@ import benchmark.train as train_module
 from benchmark.__main__ import main
 from benchmark.config import Config, expand_grid, load_profile
 from benchmark.runner import cell_status, run_cell
+from toys import TINY_PROFILE
 
-TINY_PROFILE = """\
-description: tiny CPU profile for tests
-dataset: mnist5k
-methods: [at]
-imbalance_ratios: [10]
-seeds: [0]
-model: small_cnn
-model_args: {width: 0.25}
-epochs: 2
-batch_size: 64
-eps: 0.1
-train_attack: {kind: pgd, steps: 2, step_size: eps/4, start: normal}
-monitor_attack: {kind: pgd, steps: 2, step_size: eps/4, start: uniform}
-monitor_per_class: 5
-eval_attacks:
-  - {kind: pgd, steps: 3, step_size: eps/4, start: uniform}
-eval_per_class: 20
-"""
 # mnist5k: 400 training digits per class; n_c = floor(400 * 10^(-c/9)).
 IR10_TRAIN_COUNTS = [400, 309, 239, 185, 143, 111, 86, 66, 51, 40]
 STEPS_PER_EPOCH = sum(IR10_TRAIN_COUNTS) // 64  # 1,600 digits, batch 64, drop_last

@@ -1,0 +1,59 @@
+"""Small fixed inputs shared by several test modules (tests/ is on sys.path under pytest)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+# A 3-class linear model on 2x2 one-channel inputs: logits = W·vec(x) + b.
+W = [[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0], [-1.0, 0.5, 1.5, -0.5]]
+B = [0.1, -0.2, 0.3]
+
+
+class ToyLinear(torch.nn.Module):
+    """logits = vec(x)·Wᵀ + b with W, B above, as trainable parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(W))
+        self.bias = torch.nn.Parameter(torch.tensor(B))
+
+    def forward(self, x):
+        return x.flatten(1) @ self.weight.t() + self.bias
+
+
+def images(rows):
+    """Rows of 4 pixels as a batch of 1×2×2 images."""
+    return torch.tensor(rows).reshape(len(rows), 1, 2, 2)
+
+
+def hand_logits(x):
+    """ToyLinear's logits for one row of 4 pixels, in plain Python."""
+    return [sum(w * v for w, v in zip(row, x)) + b for row, b in zip(W, B)]
+
+
+def hand_softmax(z):
+    m = max(z)
+    e = [math.exp(v - m) for v in z]
+    return [v / sum(e) for v in e]
+
+
+# A grid profile small enough for CLI and runner tests: 2 epochs of a narrow CNN, 3-step attacks.
+TINY_PROFILE = """\
+description: tiny CPU profile for tests
+dataset: mnist5k
+methods: [at]
+imbalance_ratios: [10]
+seeds: [0]
+model: small_cnn
+model_args: {width: 0.25}
+epochs: 2
+batch_size: 64
+eps: 0.1
+train_attack: {kind: pgd, steps: 2, step_size: eps/4, start: normal}
+monitor_attack: {kind: pgd, steps: 2, step_size: eps/4, start: uniform}
+monitor_per_class: 5
+eval_attacks:
+  - {kind: pgd, steps: 3, step_size: eps/4, start: uniform}
+eval_per_class: 20
+"""
