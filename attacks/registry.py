@@ -11,10 +11,13 @@ import torch
 
 from functools import partial
 
+from .autoattack import VERSIONS, LibraryResult, reference_autoattack, torchattacks_autoattack
 from .pgd import ce_sum, cw_margin_sum, fgsm, pgd, scaled_ce_sum
 from .torchattacks_bridge import torchattacks_pgd
 
-ATTACKS = ("fgsm", "pgd", "torchattacks_pgd")
+# autoattack: torchattacks' AutoAttack; reference_autoattack: the authors' package (pyautoattack), optional
+ATTACKS = ("fgsm", "pgd", "torchattacks_pgd", "autoattack", "reference_autoattack")
+AUTOATTACKS = ("autoattack", "reference_autoattack")
 # PGD objectives: name -> (loss(logits, y, **param), param keyword, default param, prefix of the default attack name)
 LOSSES = {
     "ce": (ce_sum, None, None, "pgd"),
@@ -35,6 +38,8 @@ class AttackSpec:
     name: str = ""
     loss: str = "ce"  # PGD objective: "ce", "cw" (margin, confidence loss_param) or "scaled_ce" (logits × loss_param)
     loss_param: float | None = None  # None: the objective's default (CW κ = 50, logit scale 10, as AT-BSL's eval)
+    version: str = "standard"  # AutoAttack only: standard | plus | rand | apgd-ce
+    per_class: int | None = None  # run on a class-stratified subset of the evaluated examples (None: all of them)
 
     def __post_init__(self):
         if self.kind not in ATTACKS:
@@ -43,11 +48,23 @@ class AttackSpec:
             raise ValueError(f"unknown attack loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.loss != "ce" and self.kind != "pgd":
             raise ValueError(f"loss {self.loss!r} needs kind 'pgd' (got {self.kind!r})")
+        if self.kind in AUTOATTACKS and self.version not in VERSIONS:
+            raise ValueError(f"unknown AutoAttack version {self.version!r}; choose one of {', '.join(VERSIONS)}")
+        if self.per_class is not None and self.per_class < 1:
+            raise ValueError(f"per_class must be >= 1 (or absent for all examples); got {self.per_class}")
         if self.loss_param is None and LOSSES[self.loss][2] is not None:
             object.__setattr__(self, "loss_param", LOSSES[self.loss][2])
         if not self.name:
-            prefix = LOSSES[self.loss][3] if self.kind == "pgd" else self.kind
-            object.__setattr__(self, "name", self.kind if self.kind == "fgsm" else f"{prefix}{self.steps}")
+            object.__setattr__(self, "name", self._default_name())
+
+    def _default_name(self) -> str:
+        if self.kind in AUTOATTACKS:
+            prefix = "aa" if self.kind == "autoattack" else "ref_aa"
+            return prefix if self.version == "standard" else f"{prefix}_{self.version.replace('-', '_')}"
+        if self.kind == "fgsm":
+            return "fgsm"
+        prefix = LOSSES[self.loss][3] if self.kind == "pgd" else self.kind
+        return f"{prefix}{self.steps}"
 
     def loss_fn(self):
         """The PGD objective with this spec's parameter bound (summed over the batch)."""
@@ -59,8 +76,29 @@ class AttackSpec:
 
 
 def run_attack(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, num_classes: int | None = None,
+               seed: int = 0) -> torch.Tensor:
     """Adversarial inputs for (x, y) under ``spec``."""
+    return run_attack_reported(spec, model, x, y, generator, num_classes, seed).x_adv
+
+
+def run_attack_reported(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                        generator: torch.Generator | None = None, num_classes: int | None = None,
+                        seed: int = 0) -> LibraryResult:
+    """Adversarial inputs plus the library's own robust count where it reports one (AutoAttack).
+
+    AutoAttack needs the number of classes (no default of 10 is assumed) and takes ``seed`` explicitly.
+    """
+    if spec.kind in AUTOATTACKS:
+        if num_classes is None:
+            raise ValueError(f"{spec.name}: AutoAttack needs num_classes")
+        run = torchattacks_autoattack if spec.kind == "autoattack" else reference_autoattack
+        return run(model, x, y, spec.eps, spec.version, num_classes, seed)
+    return LibraryResult(_own_or_pgd_bridge(spec, model, x, y, generator), None)
+
+
+def _own_or_pgd_bridge(spec: AttackSpec, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       generator: torch.Generator | None) -> torch.Tensor:
     if spec.kind == "fgsm":
         return fgsm(model, x, y, spec.eps)
     if spec.kind == "pgd":

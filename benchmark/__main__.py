@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="for logs: no progress bars, no per-cell tables; "
+                   "one line per cell and the grid summary")
+    p.add_argument("--devices", type=_csv(str), help="run one cell per device in parallel processes: 0,1,2,3 "
+                   "(CUDA indices) or device names (cuda:0, cpu)")
     return p
 
 
@@ -77,7 +81,10 @@ def _run(args) -> int:
         for cfg in cells:
             print(f"{cell_status(Path(args.results) / cfg.key()):<10} {cfg.key()}")
         return 0
-    run_grid(cells, Path(args.results), force=args.force, progress=not args.no_progress)
+    if args.devices and args.device:
+        raise UsageError("give either --device (one device for every cell) or --devices (one cell per device)")
+    run_grid(cells, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
+             devices=args.devices)
     return 0
 
 

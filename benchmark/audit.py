@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attacks import AttackSpec
+from attacks import AUTOATTACKS, AttackSpec
 from .data.loader import to_float
 
 ORDER_TOLERANCE = 0.01  # robust accuracy a stronger attack may exceed a weaker one by (sampling noise of random starts)
@@ -25,7 +25,8 @@ def attack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], specs: d
         for theirs in specs.values():
             if (theirs.kind == "torchattacks_pgd" and theirs.start == "none" and theirs.eps == ours.eps
                     and theirs.steps == ours.steps and theirs.step_size == ours.step_size):
-                differs = (predictions[ours.name] == y) != (predictions[theirs.name] == y)
+                both = (predictions[ours.name] >= 0) & (predictions[theirs.name] >= 0)
+                differs = both & ((predictions[ours.name] == y) != (predictions[theirs.name] == y))
                 per_class = np.bincount(y[differs], minlength=num_classes)
                 out.append({"ours": ours.name, "torchattacks": theirs.name, "disagreements": int(differs.sum()),
                             "per_class": per_class.tolist(),
@@ -33,11 +34,20 @@ def attack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], specs: d
     return out
 
 
+def _accuracy_on_common(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | None, int]:
+    """Robust accuracy of two attacks on the examples both ran on (predictions of -1 mark examples skipped)."""
+    both = (a >= 0) & (b >= 0)
+    n = int(both.sum())
+    if n == 0:
+        return None, None, 0
+    return float((a[both] == y[both]).mean()), float((b[both] == y[both]).mean()), n
+
+
 def order_checks(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[str, AttackSpec],
                  tolerance: float = ORDER_TOLERANCE) -> list[dict]:
-    """Robust accuracy must not rise with attack strength: PGD ≤ FGSM at the same ε, and a PGD with more
-    steps ≤ one with fewer (same ε and objective). A violation hints at gradient masking."""
-    acc = {name: float((pred == y).mean()) for name, pred in predictions.items() if name in specs}
+    """Robust accuracy must not rise with attack strength: PGD ≤ FGSM at the same ε, a PGD with more
+    steps ≤ one with fewer (same ε and objective), and AutoAttack ≤ PGD (cross-entropy). Compared on the
+    examples both attacks ran on. A violation hints at gradient masking."""
     pairs = []
     for strong in specs.values():
         for weak in specs.values():
@@ -47,8 +57,33 @@ def order_checks(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[
             elif (strong.kind == weak.kind == "pgd" and same_eps and strong.loss == weak.loss
                   and strong.start == weak.start and strong.steps > weak.steps):
                 pairs.append((strong, weak))
-    return [{"stronger": s.name, "weaker": w.name, "stronger_acc": acc[s.name], "weaker_acc": acc[w.name],
-             "ok": acc[s.name] <= acc[w.name] + tolerance} for s, w in pairs]
+            elif strong.kind in AUTOATTACKS and weak.kind == "pgd" and weak.loss == "ce" and same_eps:
+                pairs.append((strong, weak))
+    out = []
+    for s, w in pairs:
+        strong_acc, weak_acc, n = _accuracy_on_common(y, predictions[s.name], predictions[w.name])
+        out.append({"stronger": s.name, "weaker": w.name, "stronger_acc": strong_acc, "weaker_acc": weak_acc,
+                    "examples": n, "ok": bool(n == 0 or strong_acc <= weak_acc + tolerance)})
+    return out
+
+
+def autoattack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[str, AttackSpec]) -> list[dict]:
+    """torchattacks' AutoAttack against the reference one (same ε and version), on their common examples.
+    Their random parts (starts, Square's queries) are seeded differently, so only a gap beyond the order
+    tolerance is flagged."""
+    out = []
+    for ta in specs.values():
+        for ref in specs.values():
+            if (ta.kind == "autoattack" and ref.kind == "reference_autoattack" and ta.eps == ref.eps
+                    and ta.version == ref.version):
+                ta_acc, ref_acc, n = _accuracy_on_common(y, predictions[ta.name], predictions[ref.name])
+                both = (predictions[ta.name] >= 0) & (predictions[ref.name] >= 0)
+                differs = both & ((predictions[ta.name] == y) != (predictions[ref.name] == y))
+                out.append({"torchattacks": ta.name, "reference": ref.name, "examples": n,
+                            "torchattacks_acc": ta_acc, "reference_acc": ref_acc,
+                            "disagreements": int(differs.sum()),
+                            "ok": bool(n == 0 or abs(ta_acc - ref_acc) <= ORDER_TOLERANCE)})
+    return out
 
 
 def zero_gradient_fraction(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
@@ -73,16 +108,26 @@ def build_audit(y: np.ndarray, predictions: dict[str, np.ndarray], specs: list[A
     by_name = {s.name: s for s in specs}
     agreement = attack_agreement(y, predictions, by_name, num_classes)
     order = order_checks(y, predictions, by_name)
+    aa_agreement = autoattack_agreement(y, predictions, by_name)
+    rescoring = {name: {"reported_robust": records[name]["reported_robust"],
+                        "rescored_robust": records[name]["rescored_robust"],
+                        "matches": records[name]["rescore_matches"]}
+                 for name in by_name if "rescore_matches" in records[name]}
     in_ball = {name: records[name]["max_linf"] <= by_name[name].eps + 1e-6
                and records[name]["min_pixel"] >= 0.0 and records[name]["max_pixel"] <= 1.0 for name in by_name}
     flags = [f"{a['ours']} vs {a['torchattacks']}: classes {a['flagged_classes']} disagree on more than one example"
              for a in agreement if a["flagged_classes"]]
     flags += [f"{o['stronger']} ({o['stronger_acc']:.3f}) above {o['weaker']} ({o['weaker_acc']:.3f})"
               for o in order if not o["ok"]]
+    flags += [f"{a['torchattacks']} ({a['torchattacks_acc']:.3f}) and {a['reference']} ({a['reference_acc']:.3f}) differ"
+              for a in aa_agreement if not a["ok"]]
+    flags += [f"{name}: the library reported {r['reported_robust']} robust examples, re-scoring its inputs gives "
+              f"{r['rescored_robust']}" for name, r in rescoring.items() if not r["matches"]]
     flags += [f"{name} left the ε-ball or [0, 1]" for name, ok in in_ball.items() if not ok]
     if zero_grad > 0.05:
         flags.append(f"{zero_grad:.1%} of examples have a zero input gradient")
-    return {"attack_agreement": agreement, "order_checks": order, "order_tolerance": ORDER_TOLERANCE,
-            "within_budget": in_ball, "zero_gradient_fraction": zero_grad,
+    return {"attack_agreement": agreement, "autoattack_agreement": aa_agreement, "order_checks": order,
+            "order_tolerance": ORDER_TOLERANCE, "within_budget": in_ball, "zero_gradient_fraction": zero_grad,
             "rescored": "every robust prediction is the model's prediction on the attack's returned input",
+            "rescoring": rescoring,
             "model_mode_during_attacks": "eval", "flags": flags}

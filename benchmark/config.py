@@ -18,20 +18,23 @@ from typing import Any
 
 import yaml
 
-from attacks import AttackSpec
+from attacks import AUTOATTACKS, AttackSpec
 from methods import get_method_class
 from .data.datasets import NATURALLY_IMBALANCED
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
+from .selection import SELECTIONS
+from .fastpath import SPEED_SWITCHES, parse_switch, speed_of
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 TEST_SPLITS = ("balanced", "longtail")
-AMP_MODES = ("none", "bf16")
+AMP_MODES = ("none", "bf16", "auto")  # auto: bf16 on CUDA, none elsewhere (resolved() records which)
 SCHEDULE_UNITS = ("epoch", "iteration")
 # Fields that say where things are, not what is computed: left out of the cell key.
 LOCATION_FIELDS = ("data_root", "download", "device")
 # Fields whose resolved form (eps_value, *_spec(s), method_hparams, milestone_epochs) is what the key hashes.
-AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones")
+AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
+                     "select_from")
 
 
 def parse_number(value: Any, eps: float | None = None, what: str = "value") -> float:
@@ -66,13 +69,26 @@ class AttackConfig:
     name: str = ""  # key its results are stored under; default e.g. "pgd20"
     loss: str = "ce"  # PGD objective: ce, cw (margin, confidence loss_param) or scaled_ce (logits × loss_param)
     loss_param: Any = None
+    version: str = "standard"  # AutoAttack: standard | plus | rand | apgd-ce
+    per_class: int | None = None  # run on a class-stratified subset of the evaluated examples (e.g. AutoAttack on CPU)
 
     def resolve(self, eps: float, name: str | None = None) -> AttackSpec:
+        if self.kind in AUTOATTACKS:  # parameter-free: steps, step size and start are the library's own
+            return self._resolve_autoattack(eps, name)
         try:
             return AttackSpec(kind=self.kind, eps=eps, steps=int(self.steps),
                               step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
                               start=self.start, name=self.name if name is None else name, loss=self.loss,
-                              loss_param=None if self.loss_param is None else float(self.loss_param))
+                              loss_param=None if self.loss_param is None else float(self.loss_param),
+                              per_class=None if self.per_class is None else int(self.per_class))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+    def _resolve_autoattack(self, eps: float, name: str | None) -> AttackSpec:
+        try:
+            return AttackSpec(kind=self.kind, eps=eps, steps=0, step_size=0.0, start="none",
+                              name=self.name if name is None else name, version=str(self.version),
+                              per_class=None if self.per_class is None else int(self.per_class))
         except ValueError as err:
             raise UsageError(str(err)) from None
 
@@ -120,9 +136,20 @@ class Config:
     eval_per_class: int | None = None  # evaluate on a class-stratified subset; None = the whole test split
     monitor_per_class: int = 10
     monitor_attack: dict = field(default_factory=lambda: {"kind": "pgd", "steps": 10, "step_size": "eps/4", "start": "uniform"})
+    monitor_every: int = 1  # log per-class clean and robust recall on the monitoring subset every k epochs
+    # model selection (benchmark/selection.py): final (default, as RoBal) | val_best | test_best (AT-BSL's
+    # rule: best PGD-20 test accuracy, labelled "test-selected"); from epoch select_from (fraction or epoch)
+    selection: str = "final"
+    select_from: Any = 0.75
+    val_fraction: float = 0.1  # share of each class carved from the training subset for val_best
     # hardware
     device: str = "auto"
     amp: str = "none"
+    # speed switches (benchmark/fastpath.py): auto | true | false, auto = on for a CUDA run; resolved()
+    # records the concrete values, so the cell key says what ran
+    channels_last: Any = "auto"
+    cudnn_benchmark: Any = "auto"
+    torch_compile: bool = False
 
     @property
     def method_name(self) -> str:
@@ -149,6 +176,11 @@ class Config:
         if len(set(names)) != len(names):
             raise UsageError(f"eval_attacks: two attacks share a name ({', '.join(names)}); give one a 'name'")
         return specs
+
+    def selection_start_epoch(self) -> int:
+        """First 0-based epoch model selection scores: a fraction (< 1) of the budget or a whole epoch."""
+        m = parse_number(self.select_from, what="select_from")
+        return min(int(round(m * self.epochs)), self.epochs - 1) if 0 < m < 1 else int(m)
 
     def milestone_epochs(self) -> list[int]:
         """Milestones as epoch indices: fractions (< 1) of the epoch budget, or whole epochs."""
@@ -193,9 +225,17 @@ class Config:
             raise UsageError(f"test_split must be one of {', '.join(TEST_SPLITS)}; got {self.test_split!r}")
         if self.amp not in AMP_MODES:
             raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
+        for name in SPEED_SWITCHES:
+            setattr(self, name, parse_switch(getattr(self, name), name))
+        if self.selection not in SELECTIONS:
+            raise UsageError(f"selection must be one of {', '.join(SELECTIONS)}; got {self.selection!r}")
+        if not 0 < self.val_fraction < 1:
+            raise UsageError(f"val_fraction must lie in (0, 1); got {self.val_fraction}")
+        if self.selection != "final" and not 0 <= self.selection_start_epoch() < self.epochs:
+            raise UsageError(f"select_from must name an epoch in [0, {self.epochs}); got {self.select_from}")
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UsageError(f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}; got {self.schedule_unit!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "monitor_every"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1; got {getattr(self, name)}")
         for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
@@ -219,6 +259,8 @@ class Config:
         out["eval_attack_specs"] = [s.to_dict() for s in self.eval_attack_specs()]
         out["monitor_attack_spec"] = self.monitor_attack_spec().to_dict()
         out["milestone_epochs"] = self.milestone_epochs()
+        out["selection_start_epoch"] = self.selection_start_epoch() if self.selection != "final" else None
+        out.update(speed_of(self))  # channels_last, cudnn_benchmark, torch_compile, amp as they run here
         return out
 
     def key(self) -> str:
@@ -226,6 +268,8 @@ class Config:
         so are the as-written forms that ``resolved`` spells out (ε, attacks, method arguments), so
         ``eps: 0.1`` and ``eps: 1/10`` name the same cell."""
         semantic = {k: v for k, v in self.resolved().items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS}
+        if self.selection != "val_best":  # the split is carved only for val_best
+            semantic.pop("val_fraction")
         digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
         ir = f"{float(self.imbalance_ratio):g}"
         return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
@@ -234,8 +278,8 @@ class Config:
 FIELD_TYPES = {
     "imbalance_ratio": float, "subset_seed": int, "seed": int, "epochs": int, "batch_size": int, "lr": float,
     "momentum": float, "weight_decay": float, "lr_gamma": float, "eval_batch_size": int, "eval_per_class": int,
-    "monitor_per_class": int, "download": bool, "drop_last": bool, "milestones": list, "model_args": dict,
-    "method_args": dict, "train_attack": dict, "monitor_attack": dict, "eval_attacks": list,
+    "monitor_per_class": int, "monitor_every": int, "val_fraction": float, "download": bool, "drop_last": bool, "milestones": list, "model_args": dict,
+    "method_args": dict, "train_attack": dict, "monitor_attack": dict, "eval_attacks": list, "torch_compile": bool,
 }
 OPTIONAL_FIELDS = {"eval_per_class"}
 CONFIG_FIELDS = {f.name for f in fields(Config)}

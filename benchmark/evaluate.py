@@ -6,14 +6,17 @@ range are recorded so a broken projection cannot pass unnoticed.
 """
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from attacks import AttackSpec, run_attack
-from .data.loader import to_float
+from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
+from .data.loader import stratified_subset, to_float
+from .results import save_npz_atomic
 
 
 class InferenceModel(torch.nn.Module):
@@ -28,43 +31,106 @@ class InferenceModel(torch.nn.Module):
         return self.method.logits(self.model, x)
 
 
+def _load_progress(path: Path | None, attack: AttackSpec, n: int) -> dict | None:
+    """Partial predictions of an interrupted attack run, if they belong to this attack on these examples."""
+    if path is None or not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+        meta = json.loads(str(state.pop("meta")))
+    except (OSError, ValueError, KeyError):
+        return None  # unreadable: start the attack over
+    if meta.get("spec") != attack.to_dict() or meta.get("examples") != n:
+        return None
+    return {"meta": meta, **state}
+
+
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None,
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
-            desc: str | None = None) -> tuple[np.ndarray, dict]:
-    """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers."""
-    preds, max_linf, lo, hi = [], 0.0, 1.0, 0.0
+            desc: str | None = None, num_classes: int | None = None, seed: int = 0,
+            progress_path: Path | None = None) -> tuple[np.ndarray, dict]:
+    """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers.
+
+    With ``progress_path`` the predictions so far (and the random generator's state) are saved after
+    every batch, and a re-started call continues where the interrupted one stopped: a long AutoAttack
+    evaluation loses at most one batch.
+    """
+    n = len(x)
+    preds = np.full(n, -1, dtype=np.int64)
+    meta = {"spec": attack.to_dict() if attack is not None else None, "examples": n, "done": 0, "seconds": 0.0,
+            "max_linf": 0.0, "min_pixel": 1.0, "max_pixel": 0.0, "reported_robust": None}
+    previous = _load_progress(progress_path, attack, n) if attack is not None else None
+    if previous is not None:
+        meta, preds = previous["meta"], previous["preds"]
+        if generator is not None and "generator" in previous:
+            generator.set_state(torch.from_numpy(previous["generator"]))
     was_training = model.training
     model.eval()
-    batches = range(0, len(x), batch_size)
+    batches = range(meta["done"], n, batch_size)
     for start in tqdm(batches, desc=desc, leave=False, disable=True if desc is None else None):
+        started = time.perf_counter()
         xb = x[start:start + batch_size].to(device)
         xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
         yb = y[start:start + batch_size].to(device)
         if attack is not None:
-            x_adv = run_attack(attack, model, xb, yb, generator)
-            max_linf = max(max_linf, float((x_adv - xb).abs().max()))
-            lo, hi = min(lo, float(x_adv.min())), max(hi, float(x_adv.max()))
+            result = run_attack_reported(attack, model, xb, yb, generator, num_classes, seed)
+            x_adv = result.x_adv
+            meta["max_linf"] = max(meta["max_linf"], float((x_adv - xb).abs().max()))
+            meta["min_pixel"] = min(meta["min_pixel"], float(x_adv.min()))
+            meta["max_pixel"] = max(meta["max_pixel"], float(x_adv.max()))
+            if result.reported_robust is not None:
+                meta["reported_robust"] = (meta["reported_robust"] or 0) + result.reported_robust
             xb = x_adv
-        with torch.no_grad():
-            preds.append(model(xb).argmax(dim=1).cpu())
+        with torch.no_grad():  # re-score: the robust prediction is the model's label for the returned input
+            preds[start:start + len(yb)] = model(xb).argmax(dim=1).cpu().numpy()
+        meta["done"], meta["seconds"] = start + len(yb), meta["seconds"] + time.perf_counter() - started
+        if progress_path is not None and meta["done"] < n:
+            extra = {"generator": generator.get_state().numpy()} if generator is not None else {}
+            save_npz_atomic(progress_path, preds=preds, meta=np.array(json.dumps(meta)), **extra)
     model.train(was_training)
-    sanity = {"max_linf": max_linf, "min_pixel": lo, "max_pixel": hi} if attack is not None else {}
-    return torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64), sanity
+    if attack is None:
+        return preds, {}
+    sanity = {k: meta[k] for k in ("max_linf", "min_pixel", "max_pixel")}
+    sanity["resumed"] = previous is not None
+    if attack.kind in AUTOATTACKS:
+        rescored = int((preds == y.numpy()).sum())
+        sanity.update(reported_robust=meta["reported_robust"], rescored_robust=rescored,
+                      rescore_matches=meta["reported_robust"] in (None, rescored))
+    return preds, sanity
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[AttackSpec],
-             batch_size: int, device: torch.device, seed: int = 0, progress: bool = True) -> dict:
-    """Clean and per-attack predictions on the same examples, with seconds and sanity records per attack."""
+             batch_size: int, device: torch.device, seed: int = 0, progress: bool = True,
+             num_classes: int | None = None, progress_dir: Path | None = None) -> dict:
+    """Clean and per-attack predictions on the same examples, with seconds and sanity records per attack.
+
+    An attack with ``per_class`` runs on a fixed class-stratified subset of x (seed 0, the same for every
+    method); its prediction is -1 on the examples it did not attack. With ``progress_dir`` every attack
+    keeps its partial predictions there, so an interrupted evaluation resumes.
+    """
+    num_classes = int(y.max()) + 1 if num_classes is None and len(y) else num_classes
     predictions, records = {}, {}
     for attack in [None, *attacks]:
         name = "clean" if attack is None else attack.name
         generator = torch.Generator().manual_seed(seed)  # each attack's random start is reproducible
         started = time.perf_counter()
-        pred, sanity = predict(model, x, y, attack, batch_size, device, generator,
-                               desc=f"eval {name}" if progress else None)
-        predictions[name] = pred
-        records[name] = {"seconds": time.perf_counter() - started, **sanity,
+        if attack is not None and attack.per_class is not None:
+            idx = stratified_subset(y, attack.per_class, seed=0)
+        else:
+            idx = np.arange(len(y))
+        t = torch.as_tensor(idx)
+        path = None if progress_dir is None or attack is None else Path(progress_dir) / f"{name}.npz"
+        pred, sanity = predict(model, x[t], y[t], attack, batch_size, device, generator,
+                               desc=f"eval {name}" if progress else None, num_classes=num_classes, seed=seed,
+                               progress_path=path)
+        full = np.full(len(y), -1, dtype=np.int64)
+        full[idx] = pred
+        predictions[name] = full
+        records[name] = {"seconds": time.perf_counter() - started, **sanity, "examples": int(len(idx)),
                          "spec": attack.to_dict() if attack is not None else None}
+        if attack is not None:
+            records[name]["seed"] = seed
         if attack is not None and sanity["max_linf"] > attack.eps + 1e-5:
             raise RuntimeError(f"attack {name} left the ε-ball: max L∞ {sanity['max_linf']:.6f} > ε {attack.eps:.6f}")
     return {"predictions": predictions, "records": records}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 WORST_CASE = "worst_case"  # key of the per-example worst case over clean input and all attacks
+WORST_CASE_ALL_EXAMPLES = "worst_case_all_examples"  # worst case over the attacks that ran on every example
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
@@ -85,14 +86,37 @@ def worst_case_predictions(y_true: np.ndarray, predictions: dict[str, np.ndarray
 
 def summarize_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], num_classes: int,
                          train_counts: list[int]) -> dict:
-    """Metrics for clean inputs and every attack; ``balanced`` under an attack is its Balanced Robustness."""
-    support = np.bincount(np.asarray(y_true), minlength=num_classes)
+    """Metrics for clean inputs and every attack; ``balanced`` under an attack is its Balanced Robustness.
+
+    A prediction of -1 marks an example the attack did not run on (an attack limited to a class-stratified
+    subset, e.g. AutoAttack on a CPU): that attack is scored on its own examples. ``worst_case`` is taken
+    over clean input and *every* attack on the examples they all covered; when some attack covered fewer,
+    ``worst_case_all_examples`` adds the worst case over the attacks that covered every example.
+    """
+    y_true = np.asarray(y_true)
+    support = np.bincount(y_true, minlength=num_classes)
+    predictions = dict(predictions)
     if len(predictions) > 1:  # clean plus at least one attack: add the per-example worst case
-        predictions = {**predictions, WORST_CASE: worst_case_predictions(y_true, predictions)}
+        covered = np.logical_and.reduce([pred >= 0 for pred in predictions.values()])
+        worst = np.full(len(y_true), -1, dtype=np.int64)
+        worst[covered] = worst_case_predictions(y_true[covered], {k: p[covered] for k, p in predictions.items()})
+        complete = {k: p for k, p in predictions.items() if (p >= 0).all()}
+        if not covered.all() and len(complete) > 1:
+            predictions[WORST_CASE_ALL_EXAMPLES] = worst_case_predictions(y_true, complete)
+        predictions[WORST_CASE] = worst
+    attacks = {}
+    for name, pred in predictions.items():
+        mask = pred >= 0
+        attacks[name] = {**summarize_predictions(y_true[mask], pred[mask], num_classes, train_counts),
+                         "examples": int(mask.sum())}
+    if WORST_CASE in attacks:
+        attacks[WORST_CASE]["over"] = [k for k in predictions if k not in (WORST_CASE, WORST_CASE_ALL_EXAMPLES)]
+    if WORST_CASE_ALL_EXAMPLES in attacks:
+        attacks[WORST_CASE_ALL_EXAMPLES]["over"] = [k for k, p in predictions.items()
+                                                    if k not in (WORST_CASE, WORST_CASE_ALL_EXAMPLES) and (p >= 0).all()]
     return {
         "test_support": [int(s) for s in support],
         "undefined_classes": [int(c) for c in np.flatnonzero(support == 0)],
         "groups": class_groups(train_counts),
-        "attacks": {name: summarize_predictions(y_true, pred, num_classes, train_counts)
-                    for name, pred in predictions.items()},
+        "attacks": attacks,
     }

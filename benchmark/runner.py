@@ -19,9 +19,8 @@ import yaml
 from methods import create_method
 from .audit import build_audit, zero_gradient_fraction
 from .config import Config
-from .data.loader import stratified_subset
 from .data.datasets import NATURALLY_IMBALANCED
-from .data.prepare import CellData, prepare_cell_data
+from .data.prepare import evaluation_subset, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
 from .models import create_model
@@ -31,6 +30,7 @@ from .train import CHECKPOINT, pick_device, seed_everything, train
 
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"  # per-example labels and predictions of every attack, for audits
+EVAL_PROGRESS = "eval_progress"  # per-attack partial predictions while an evaluation runs (resumable)
 
 
 def cell_status(cell_dir: Path) -> str:
@@ -55,15 +55,6 @@ def _set_aside(cell_dir: Path) -> Path:
     return target
 
 
-def evaluation_subset(cfg: Config, data: CellData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
-    """The examples every method of a comparison is evaluated on: the whole split, or a fixed stratified subset."""
-    if cfg.eval_per_class is None:
-        return data.x_test, data.y_test, None
-    idx = stratified_subset(data.y_test, int(cfg.eval_per_class), seed=0)
-    t = torch.as_tensor(idx)
-    return data.x_test[t], data.y_test[t], idx
-
-
 def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool = True) -> dict:
     """Train (or resume) and evaluate one cell; return its metrics (read back if already finished)."""
     cell_dir = Path(results_dir) / cfg.key()
@@ -81,6 +72,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     write_json_atomic(cell_dir / "indices.json", {
         "train_indices": data.train_indices.tolist(),
         "test_indices": data.test_indices.tolist() if data.test_indices is not None else None,
+        "val_indices": data.val_indices.tolist() if data.val_indices is not None else None,
         "subset_seed": cfg.subset_seed})
     seed_everything(cfg.seed)
     method = create_method(cfg.method, **cfg.method_args)
@@ -91,7 +83,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     started = time.perf_counter()
     inference, attack_specs = InferenceModel(model, method), cfg.eval_attack_specs()
     result = evaluate(inference, x_eval, y_eval, attack_specs, cfg.eval_batch_size, device, seed=cfg.seed,
-                      progress=progress)
+                      progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS)
     audit = build_audit(y_eval.numpy(), result["predictions"], attack_specs, result["records"], data.num_classes,
                         zero_gradient_fraction(inference, x_eval, y_eval, cfg.eval_batch_size, device))
     cost["eval_seconds"] = time.perf_counter() - started
@@ -120,12 +112,14 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
                  "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
         "seeds": {"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
         "evaluation": {**summary, "attack_records": result["records"]},
+        "model_selection": cost.pop("model_selection"),
         "audit": audit,
         "cost": cost,
         "config": cfg.resolved(),
         "versions": package_versions(),
     }
     write_json_atomic(cell_dir / METRICS, metrics)
+    shutil.rmtree(cell_dir / EVAL_PROGRESS, ignore_errors=True)  # partial attack results, now in predictions.npz
     return metrics
 
 
@@ -135,41 +129,68 @@ def format_cell_table(metrics: dict) -> str:
     width = 8  # class names are cut to 7 characters so columns stay apart
     label = max(14, *(len(name) + 2 for name in ev["attacks"]))
     names = "".join(f"{str(c)[:width - 1]:>{width}}" for c in data["classes"])
-    lines = [f"{metrics['cell_key']}  (test split: {data['test_split']}, {data['eval_examples']} examples)",
+    subsets = [f"{name} on {m['examples']}" for name, m in ev["attacks"].items()
+               if m.get("examples", data["eval_examples"]) != data["eval_examples"]]
+    lines = [f"{metrics['cell_key']}  (test split: {data['test_split']}, {data['eval_examples']} examples"
+             + (f"; {', '.join(subsets)}" if subsets else "") + ")",
              f"{'':<{label}}{names}{'mean':>9}{'acc':>8}",
              f"{'train count':<{label}}" + "".join(f"{n:>{width}}" for n in data["train_counts"])]
     for attack, m in ev["attacks"].items():
         cells = "".join(f"{'-' if r is None else f'{100 * r:.1f}':>{width}}" for r in m["per_class_recall"])
-        lines.append(f"{attack:<{label}}{cells}{100 * m['balanced']:>9.1f}{100 * m['accuracy']:>8.1f}")
+        lines.append(f"{attack:<{label}}{cells}{_pct(m['balanced'], 9)}{_pct(m['accuracy'], 8)}")
     lines.append("mean = balanced accuracy (clean) / Balanced Robustness (attacks); acc = plain accuracy")
     lines += [f"AUDIT: {flag}" for flag in metrics.get("audit", {}).get("flags", [])]
     return "\n".join(lines)
 
 
+def _pct(value: float | None, width: int) -> str:
+    return f"{'-' if value is None else f'{100 * value:.1f}':>{width}}"
+
+
 def format_grid_summary(all_metrics: list[dict]) -> str:
-    """The grid at a glance: one row per cell with balanced accuracy and the worst-case Balanced Robustness."""
+    """The grid at a glance: one row per cell, then worst-case Balanced Robustness per method × IR
+    (mean ± std over seeds, with the number of seeds)."""
     lines = [f"{'method':<14}{'IR':>6}{'seed':>6}{'bal.acc':>9}{'BR worst':>10}  flags"]
+    table: dict[str, dict[float, list[float]]] = {}
     for m in all_metrics:
         attacks = m["evaluation"]["attacks"]
         robust = attacks.get("worst_case", attacks["clean"])["balanced"]
         flags = len(m.get("audit", {}).get("flags", []))
-        lines.append(f"{m['config']['method']:<14}{m['data']['imbalance_ratio']:>6g}{m['seeds']['training']:>6}"
-                     f"{100 * attacks['clean']['balanced']:>9.1f}{100 * robust:>10.1f}  {flags or '-'}")
+        method, ir = m["config"]["method"], float(m["data"]["imbalance_ratio"])
+        lines.append(f"{method:<14}{ir:>6g}{m['seeds']['training']:>6}"
+                     f"{_pct(attacks['clean']['balanced'], 9)}{_pct(robust, 10)}  {flags or '-'}")
+        if robust is not None:
+            table.setdefault(method, {}).setdefault(ir, []).append(100 * robust)
     lines.append("BR worst = Balanced Robustness under the per-example worst case over all attacks (%)")
+    irs = sorted({ir for row in table.values() for ir in row})
+    lines += ["", "BR worst per method x IR (mean ± std over seeds, n seeds)",
+              f"{'method':<14}" + "".join(f"{'IR ' + format(ir, 'g'):>20}" for ir in irs)]
+    for method, row in table.items():
+        cells = []
+        for ir in irs:
+            values = row.get(ir)
+            if not values:
+                cells.append(f"{'-':>20}")
+                continue
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+            cells.append(f"{f'{np.mean(values):.1f} ± {std:.1f} (n={len(values)})':>20}")
+        lines.append(f"{method:<14}" + "".join(cells))
     return "\n".join(lines)
 
 
-def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progress: bool = True) -> list[dict]:
-    """Run every cell in order, skipping finished ones; print each cell's per-class table, then a summary."""
-    out = []
-    for i, cfg in enumerate(cells, 1):
-        status = cell_status(Path(results_dir) / cfg.key())
-        verb = "re-run (--force)" if force and status != "new" else \
-            {"done": "skip (finished)", "resumable": "resume", "new": "run"}[status]
-        print(f"[{i}/{len(cells)}] {verb}: {cfg.key()}", flush=True)
-        metrics = run_cell(cfg, results_dir, force=force, progress=progress)
-        print(format_cell_table(metrics), flush=True)
-        out.append(metrics)
+def run_grid(cells: list[Config], results_dir: Path, force: bool = False, progress: bool = True,
+             quiet: bool = False, devices: list[str] | None = None) -> list[dict]:
+    """Run every cell (skipping finished ones) with the local or per-device executor; print each cell's
+    per-class table as it finishes (unless quiet), then the grid summary."""
+    from .executors import make_executor
+
+    unique = list({cfg.key(): cfg for cfg in cells}.values())  # the same cell twice would run twice at once
+
+    def report(metrics: dict) -> None:
+        if not quiet:
+            print(format_cell_table(metrics), flush=True)
+
+    out = make_executor(devices).run(unique, Path(results_dir), force, progress and not quiet, report)
     if len(out) > 1:
         print(format_grid_summary(out), flush=True)
     return out

@@ -7,7 +7,6 @@ written atomically, then one line of ``log.jsonl``; a restarted run resumes from
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
@@ -17,12 +16,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from attacks import AttackSpec
 from methods import Method, TrainContext
 from .config import Config
 from .data.loader import iterate_batches, stratified_subset, to_float
-from .data.prepare import CellData
+from .data.prepare import CellData, evaluation_subset
 from .data.transforms import augment
 from .evaluate import InferenceModel, predict
+from .metrics import per_class_recall
+from .selection import BEST, Selector
+from .fastpath import autocast, prepare_model, resolve_amp, speed_of
 from .results import save_torch_atomic
 
 CHECKPOINT = "checkpoint.pt"
@@ -59,9 +62,8 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def _autocast(cfg: Config, device: torch.device):
-    if cfg.amp == "bf16" and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast around the method's loss on CUDA when ``amp`` resolves to bf16 there; else nothing."""
+    return autocast(resolve_amp(cfg.amp, device), device)
 
 
 def _trim_log(path: Path, last_epoch: int) -> None:
@@ -84,6 +86,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
     """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record."""
     cell_dir = Path(cell_dir)
     model.to(device)
+    prepare_model(model, speed_of(cfg, device))  # channels_last, cudnn.benchmark, compile: as resolved() records
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(x_train) // cfg.batch_size if cfg.drop_last else -(-len(x_train) // cfg.batch_size)
@@ -99,6 +102,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
     x_monitor, y_monitor = data.x_test[monitor_idx], data.y_test[monitor_idx]
     monitor_attack = cfg.monitor_attack_spec()
     inference = InferenceModel(model, method)
+    selector = make_selector(cfg, data, cell_dir)
 
     start_epoch, seconds = 0, 0.0
     checkpoint_path, log_path = cell_dir / CHECKPOINT, cell_dir / LOG
@@ -109,6 +113,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], generator)
+        selector.load_state_dict(state.get("selection"))
         start_epoch, seconds, ctx.step = state["epoch"] + 1, state["train_seconds"], state["step"]
         _trim_log(log_path, state["epoch"])
     resumed_from = start_epoch if start_epoch else None
@@ -126,8 +131,10 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         correct = torch.zeros((), device=device, dtype=torch.long)
         stats_sum: dict[str, torch.Tensor] = {}
         seen = 0
-        for xb, yb in iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True,
-                                      drop_last=cfg.drop_last, generator=generator):
+        batches = iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, drop_last=cfg.drop_last,
+                                  generator=generator)
+        for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                           disable=None if progress else True):
             xb = augment(to_float(xb), cfg.augment, generator)
             ctx.lr = optimizer.param_groups[0]["lr"]
             with _autocast(cfg, device):
@@ -150,18 +157,17 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         method.on_epoch_end(ctx)
         train_seconds = time.perf_counter() - started
         seconds += train_seconds
-        clean_pred, _ = predict(inference, x_monitor, y_monitor, None, cfg.eval_batch_size, device)
-        robust_pred, _ = predict(inference, x_monitor, y_monitor, monitor_attack, cfg.eval_batch_size, device,
-                                 torch.Generator().manual_seed(0))
-        y_mon = y_monitor.numpy()
         record = {
             "epoch": epoch, "lr": lr, "loss": float(loss_sum) / max(seen, 1),
             "train_acc": float(correct) / max(seen, 1), "examples": seen, "seconds": train_seconds,
             **{name: float(value) / max(seen, 1) for name, value in stats_sum.items()},
-            "monitor_clean_acc": float((clean_pred == y_mon).mean()),
-            f"monitor_{monitor_attack.name}_acc": float((robust_pred == y_mon).mean()),
-            "monitor_note": "monitoring only: a fixed class-stratified test subset, never used to choose a model",
         }
+        if (epoch + 1) % cfg.monitor_every == 0 or epoch == cfg.epochs - 1:
+            record.update(monitor(inference, x_monitor, y_monitor, monitor_attack, data.num_classes,
+                                  cfg.eval_batch_size, device))
+        score = selector.observe(epoch, inference, model, method, device)
+        if score is not None:
+            record["selection_score"] = score
         if device.type == "cuda":
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with log_path.open("a") as handle:  # log first: a log ahead of the checkpoint is trimmed on resume
@@ -169,9 +175,44 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         save_torch_atomic(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
-            "train_seconds": seconds, "config": cfg.to_dict(),
+            "train_seconds": seconds, "config": cfg.to_dict(), "selection": selector.state_dict(),
         })
-        epochs.set_postfix(loss=f"{record['loss']:.3f}", mon_clean=f"{record['monitor_clean_acc']:.2f}",
+        postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['train_acc']:.2f}"}
+        if "monitor_clean_acc" in record:
+            postfix.update(mon_clean=f"{record['monitor_clean_acc']:.2f}",
                            mon_rob=f"{record[f'monitor_{monitor_attack.name}_acc']:.2f}")
-    return {"train_seconds": seconds, "epochs": cfg.epochs, "resumed_from_epoch": resumed_from,
-            "steps": ctx.step, "device": str(device)}
+        epochs.set_postfix(postfix)
+    selector.restore_best(model, method, device)
+    return {"train_seconds": seconds, "epochs": cfg.epochs, "seconds_per_epoch": seconds / max(cfg.epochs, 1),
+            "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
+            "model_selection": selector.record(cfg.epochs)}
+
+
+def monitor(inference: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, num_classes: int,
+            batch_size: int, device: torch.device) -> dict:
+    """Clean and robust accuracy, overall and per class, on the fixed monitoring subset (for robust-overfitting
+    curves per class). Monitoring only: never used to choose a model."""
+    y_np = y.numpy()
+    out = {}
+    for name, spec in (("clean", None), (attack.name, attack)):
+        pred, _ = predict(inference, x, y, spec, batch_size, device, torch.Generator().manual_seed(0))
+        recall, _ = per_class_recall(y_np, pred, num_classes)
+        out[f"monitor_{name}_acc"] = float((pred == y_np).mean())
+        out[f"monitor_per_class_{name}"] = [None if np.isnan(r) else float(r) for r in recall]
+    out["monitor_note"] = "monitoring only: a fixed class-stratified test subset, never used to choose a model"
+    return out
+
+
+def make_selector(cfg: Config, data: CellData, cell_dir: Path) -> Selector:
+    """The model-selection rule of the cell with the examples and attack it scores on."""
+    start = cfg.selection_start_epoch()
+    if cfg.selection == "val_best":
+        return Selector("val_best", start, cfg.monitor_attack_spec(), data.x_val, data.y_val,
+                        "balanced robust accuracy (validation split)", cfg.eval_batch_size, cell_dir / BEST)
+    if cfg.selection == "test_best":
+        x, y, _ = evaluation_subset(cfg, data)
+        specs = {s.name: s for s in cfg.eval_attack_specs()}
+        attack = specs.get("pgd20") or AttackSpec("pgd", cfg.eps_value, 20, cfg.eps_value / 4, "uniform")
+        return Selector("test_best", start, attack, x, y, "robust accuracy (test split: test-selected)",
+                        cfg.eval_batch_size, cell_dir / BEST)
+    return Selector("final", cfg.epochs - 1, None, None, None, "none", cfg.eval_batch_size, cell_dir / BEST)

@@ -1,6 +1,8 @@
 """Shared fixtures: a small real model trained once per session on the embedded MNIST digits."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,3 +43,17 @@ def clean_mnist_model(mnist5k):
         optimizer.step()
     model.zero_grad(set_to_none=True)
     return model.eval()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow tests (minutes on 2 cores) run only when asked: --runslow or RUN_SLOW=1."""
+    if config.getoption("--runslow") or os.environ.get("RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (or RUN_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -35,9 +35,17 @@ def common_protocol(cfg: Config) -> None:
     train = cfg.train_attack_spec()
     assert (train.kind, train.steps, train.start) == ("pgd", 10, "normal")
     assert train.step_size == pytest.approx(cfg.eps_value / 4)
-    fgsm, pgd20 = cfg.eval_attack_specs()
-    assert fgsm.kind == "fgsm" and (pgd20.kind, pgd20.steps, pgd20.start) == ("pgd", 20, "uniform")
-    assert pgd20.step_size == pytest.approx(cfg.eps_value / 4) and [fgsm.name, pgd20.name] == ["fgsm", "pgd20"]
+    specs = {s.name: s for s in cfg.eval_attack_specs()}
+    assert list(specs) == ["fgsm", "pgd20", "pgd20_nostart", "ta_pgd20_nostart", "cw20", "lsa20", "aa"]
+    pgd20 = specs["pgd20"]
+    assert (pgd20.kind, pgd20.steps, pgd20.start) == ("pgd", 20, "uniform")
+    for name in ("pgd20", "pgd20_nostart", "ta_pgd20_nostart", "cw20", "lsa20"):
+        assert specs[name].step_size == pytest.approx(cfg.eps_value / 4) and specs[name].steps == 20
+    # the cross-check pair starts from the same point, so a difference is a bug rather than noise
+    assert specs["pgd20_nostart"].start == specs["ta_pgd20_nostart"].start == "none"
+    assert (specs["cw20"].loss, specs["cw20"].loss_param) == ("cw", 50.0)
+    assert (specs["lsa20"].loss, specs["lsa20"].loss_param) == ("scaled_ce", 10.0)
+    assert (specs["aa"].kind, specs["aa"].version, specs["aa"].per_class) == ("autoattack", "standard", None)
     assert cfg.eval_batch_size == 500 and cfg.eval_per_class is None
 
 

@@ -157,7 +157,7 @@ def test_checkpoint_holds_the_last_epoch(finished_run):
 
 def test_run_prints_a_per_class_table_with_clean_and_attack_rows(finished_run):
     out = finished_run.stdout
-    assert f"[1/1] run: {finished_run.cfg.key()}" in out
+    assert re.search(rf"^\[1/1 \| 0 done \| elapsed \S+\] run: {finished_run.cfg.key()}$", out, re.M)
     rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "clean" in rows and "pgd3" in rows
     assert len(rows["clean"].split()) == 1 + 10 + 2  # label, 10 classes, mean, acc

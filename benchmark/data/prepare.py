@@ -31,6 +31,10 @@ class CellData:
     train_counts: list[int]
     train_indices: np.ndarray
     test_indices: np.ndarray | None  # None: the full test split (balanced, except for NATURALLY_IMBALANCED data)
+    # a validation split carved from the training subset (model selection ``val_best``); None otherwise
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    val_indices: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -42,6 +46,34 @@ class CellData:
 
 
 def prepare_cell_data(cfg) -> CellData:
+    """The cell's data; with ``selection: val_best`` a validation split is carved from the training subset
+    (its own seed: the subset seed) and ``train_counts`` are the counts actually trained on."""
+    data = _prepare(cfg)
+    if getattr(cfg, "selection", "final") != "val_best":
+        return data
+    from benchmark.selection import carve_validation
+
+    kept, val = carve_validation(data.y_train.numpy(), cfg.val_fraction, seed=cfg.subset_seed)
+    k, v = torch.as_tensor(kept), torch.as_tensor(val)
+    counts = np.bincount(data.y_train.numpy()[kept], minlength=data.num_classes)
+    return CellData(name=data.name, classes=data.classes, x_train=data.x_train[k], y_train=data.y_train[k],
+                    x_test=data.x_test, y_test=data.y_test, train_counts=[int(n) for n in counts],
+                    train_indices=data.train_indices[kept], test_indices=data.test_indices,
+                    x_val=data.x_train[v], y_val=data.y_train[v], val_indices=data.train_indices[val])
+
+
+def evaluation_subset(cfg, data: CellData) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The examples every method of a comparison is evaluated on: the whole split, or a fixed stratified subset."""
+    from .loader import stratified_subset
+
+    if cfg.eval_per_class is None:
+        return data.x_test, data.y_test, None
+    idx = stratified_subset(data.y_test, int(cfg.eval_per_class), seed=0)
+    t = torch.as_tensor(idx)
+    return data.x_test[t], data.y_test[t], idx
+
+
+def _prepare(cfg) -> CellData:
     """Long-tailed training subset (its own subset seed); balanced test split unless ``test_split: longtail``,
     which applies the same IR to the test split as the TAET authors' code does.
 

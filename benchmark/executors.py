@@ -1,0 +1,139 @@
+"""How a grid's cells are run: one after another here (default), or one cell per device in parallel
+processes (``--devices 0,1``). An executor only decides where and when ``run_cell`` runs; a cluster
+executor (Slurm, Ray) would implement the same ``run`` and nothing else.
+
+Progress is reported per cell with the grid's position and an ETA from the epoch and evaluation
+times measured so far in this grid.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .config import Config
+from .runner import cell_status, run_cell
+
+Report = Callable[[dict], None]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+@dataclass
+class GridProgress:
+    """Cells done / total and an ETA: remaining epochs × measured seconds per epoch (per method where
+    measured, else over all methods) plus the mean evaluation time, divided by the parallel workers."""
+
+    cells: list[Config]
+    results_dir: Path
+    workers: int = 1
+    started: float = field(default_factory=time.perf_counter)
+    epoch_seconds: dict[str, list[float]] = field(default_factory=dict)
+    eval_seconds: list[float] = field(default_factory=list)
+    done: set[str] = field(default_factory=set)
+
+    def finished(self, cfg: Config, metrics: dict, ran: bool) -> None:
+        self.done.add(cfg.key())
+        cost = metrics.get("cost", {})
+        if ran and cost.get("seconds_per_epoch"):
+            self.epoch_seconds.setdefault(cfg.method, []).append(cost["seconds_per_epoch"])
+            self.eval_seconds.append(cost.get("eval_seconds", 0.0))
+
+    def eta_seconds(self) -> float | None:
+        if not self.epoch_seconds:
+            return None
+        every = [s for values in self.epoch_seconds.values() for s in values]
+        total = 0.0
+        for cfg in self.cells:
+            if cfg.key() in self.done or cell_status(Path(self.results_dir) / cfg.key()) == "done":
+                continue
+            per_epoch = self.epoch_seconds.get(cfg.method, every)
+            total += cfg.epochs * sum(per_epoch) / len(per_epoch) + sum(self.eval_seconds) / len(self.eval_seconds)
+        return total / self.workers
+
+    def line(self, index: int, verb: str, cfg: Config, where: str = "") -> str:
+        eta = self.eta_seconds()
+        elapsed = _duration(time.perf_counter() - self.started)
+        tail = f"elapsed {elapsed}" + (f", ETA {_duration(eta)}" if eta is not None else "")
+        return f"[{index}/{len(self.cells)} | {len(self.done)} done | {tail}] {verb}{where}: {cfg.key()}"
+
+
+def _verb(status: str, force: bool) -> str:
+    if force and status != "new":
+        return "re-run (--force)"
+    return {"done": "skip (finished)", "resumable": "resume", "new": "run"}[status]
+
+
+class LocalExecutor:
+    """Cells one after another in this process (the default)."""
+
+    def run(self, cells: list[Config], results_dir: Path, force: bool, progress: bool,
+            report: Report) -> list[dict]:
+        tracker, out = GridProgress(cells, results_dir), []
+        for i, cfg in enumerate(cells, 1):
+            status = cell_status(Path(results_dir) / cfg.key())
+            print(tracker.line(i, _verb(status, force), cfg), flush=True)
+            metrics = run_cell(cfg, results_dir, force=force, progress=progress)
+            tracker.finished(cfg, metrics, ran=force or status != "done")
+            report(metrics)
+            out.append(metrics)
+        return out
+
+
+def _run_on_device(config: dict, device: str, results_dir: str, force: bool) -> dict:
+    """Worker process: one cell on one device, no progress bars (several workers share a terminal)."""
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    cfg = Config(**{**config, "device": device}).validate()
+    return run_cell(cfg, Path(results_dir), force=force, progress=False)
+
+
+class DeviceExecutor:
+    """One cell per device at a time, each in its own process (spawned: CUDA cannot be forked).
+
+    ``devices`` are torch device names (``cuda:0``, ``cuda:1``; a bare number means a CUDA index);
+    ``cpu`` entries are allowed, which is how the tests run it. The device is a location, not part of
+    the cell key, so a cell gives the same folder whichever GPU ran it.
+    """
+
+    def __init__(self, devices: list[str]):
+        self.devices = [f"cuda:{d}" if str(d).isdigit() else str(d) for d in devices]
+
+    def run(self, cells: list[Config], results_dir: Path, force: bool, progress: bool,
+            report: Report) -> list[dict]:
+        tracker = GridProgress(cells, results_dir, workers=len(self.devices))
+        results: dict[str, dict] = {}
+        queue = list(enumerate(cells, 1))
+        free = list(self.devices)
+        running = {}
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=len(self.devices), mp_context=context) as pool:
+            while queue or running:
+                while queue and free:
+                    i, cfg = queue.pop(0)
+                    status = cell_status(Path(results_dir) / cfg.key())
+                    device = free.pop(0)
+                    print(tracker.line(i, _verb(status, force), cfg, f" on {device}"), flush=True)
+                    future = pool.submit(_run_on_device, cfg.to_dict(), device, str(results_dir), force)
+                    running[future] = (cfg, device, status)
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    cfg, device, status = running.pop(future)
+                    free.append(device)
+                    metrics = future.result()  # a failed cell stops the grid with its own traceback
+                    tracker.finished(cfg, metrics, ran=force or status != "done")
+                    report(metrics)
+                    results[cfg.key()] = metrics
+        return [results[cfg.key()] for cfg in cells]
+
+
+def make_executor(devices: list[str] | None):
+    return DeviceExecutor(devices) if devices else LocalExecutor()

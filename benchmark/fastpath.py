@@ -1,0 +1,98 @@
+"""Speed switches of the training loop: they change how fast a step runs, never the loss it computes.
+
+* ``channels_last``: the model's weights (and so its activations) in NHWC layout, the layout cuDNN's
+  tensor-core convolutions read without transposing; the batch itself stays NCHW, and the first
+  convolution converts it (the same one copy a pre-hook would make).
+* ``cudnn_benchmark``: cuDNN times its convolution algorithms once per input shape and keeps the
+  fastest. A global flag of the process, so ``prepare_model`` sets it for every cell, on or off.
+* ``torch_compile``: ``nn.Module.compile()`` in place (state-dict keys and checkpoints unchanged).
+  Off by default: the attack runs the model in eval mode with frozen parameters, training in train
+  mode with trainable ones, monitoring under no_grad, so one model compiles into several graphs;
+  the first steps of a run pay for that, and a model copied with ``copy.deepcopy`` (LAS-AT's
+  look-ahead) has not been tried compiled.
+
+Config writes each switch as ``auto``, ``true`` or ``false``; ``auto`` is on exactly when the run
+is on CUDA. ``resolve_speed`` turns the written values into what runs, and ``Config.resolved()``
+records that, so the cell key hashes what ran (a CPU and a GPU run of one profile are different
+cells) and ``auto`` and an explicit ``true`` on a GPU are the same cell. ``amp`` may be ``auto``
+too (bf16 on CUDA, none elsewhere); its default stays ``none``. bf16 runs only on CUDA: on a CPU
+``amp: bf16`` is recorded as written and runs fp32, as it always did.
+
+The rest of the fast path was already in the loop and is not switched (checked for issue #7):
+data resident on the device as uint8 with batched crop + flip there (the policy augmentations
+RandAugment/AutoAugment run per image on the CPU, see ``transforms.policy_per_image``); attack
+steps take input-only gradients (``torch.autograd.grad`` inside ``frozen_parameters``); δ and
+x_adv stay fp32 under autocast and every loss is taken on fp32 logits; BatchNorm keeps fp32
+weights and running statistics under bf16 autocast; evaluation never autocasts (fp32, TF32
+convolutions where cuDNN allows them).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from .errors import UsageError
+
+SPEED_SWITCHES = ("channels_last", "cudnn_benchmark")  # written auto | true | false
+SWITCH_WORDS = {"auto": "auto", "true": True, "false": False}
+
+
+def runs_on_cuda(device) -> bool:
+    """Whether a run on ``device`` ("auto", "cpu", "cuda:1", or a torch.device) will be on a CUDA GPU."""
+    name = str(device)
+    return (name == "auto" or name.startswith("cuda")) and torch.cuda.is_available()
+
+
+def parse_switch(value, name: str):
+    """``"auto"``, True or False from what a profile or a CLI may write (true/false also as strings)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in SWITCH_WORDS:
+        return SWITCH_WORDS[value.strip().lower()]
+    raise UsageError(f"{name} must be auto, true or false; got {value!r}")
+
+
+def resolve_amp(amp: str, device) -> str:
+    """``auto`` as bf16 on CUDA and none elsewhere; an explicit mode as written."""
+    if amp == "auto":
+        return "bf16" if runs_on_cuda(device) else "none"
+    return amp
+
+
+def resolve_speed(channels_last, cudnn_benchmark, torch_compile, amp: str, device) -> dict:
+    """The speed settings that run on ``device``: concrete bools and an AMP mode, never ``auto``."""
+    cuda = runs_on_cuda(device)
+    out = {}
+    for name, value in (("channels_last", channels_last), ("cudnn_benchmark", cudnn_benchmark)):
+        value = parse_switch(value, name)
+        out[name] = cuda if value == "auto" else value
+    if not isinstance(torch_compile, bool):
+        raise UsageError(f"torch_compile must be true or false; got {torch_compile!r}")
+    out["torch_compile"] = torch_compile
+    out["amp"] = resolve_amp(amp, device)
+    return out
+
+
+def speed_of(cfg, device=None) -> dict:
+    """``resolve_speed`` for a Config, on ``device`` (default: the device the config names)."""
+    return resolve_speed(cfg.channels_last, cfg.cudnn_benchmark, cfg.torch_compile, cfg.amp,
+                         cfg.device if device is None else device)
+
+
+def prepare_model(model: torch.nn.Module, speed: dict) -> torch.nn.Module:
+    """Apply resolved speed settings to a model already on its device (in place; returns it)."""
+    torch.backends.cudnn.benchmark = bool(speed["cudnn_benchmark"])  # global: set for every cell, on or off
+    if speed["channels_last"]:
+        model.to(memory_format=torch.channels_last)  # 4-D weights only; others are left as they are
+    if speed["torch_compile"]:
+        model.compile()
+    return model
+
+
+def autocast(amp: str, device: torch.device):
+    """bf16 autocast around the model on CUDA (weights, BatchNorm statistics, δ and x_adv stay fp32);
+    a no-op on other devices and for ``none``."""
+    if amp == "bf16" and torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
