@@ -91,4 +91,12 @@ def package_versions() -> dict[str, str]:
         versions["torchvision"] = torchvision.__version__
     except ImportError:
         pass
+    try:  # the reference AutoAttack, when installed (optional cross-check)
+        from importlib.metadata import version
+
+        versions["pyautoattack"] = version("pyautoattack")
+    except Exception:
+        pass
+    if torch.backends.cudnn.is_available():
+        versions["cudnn"] = str(torch.backends.cudnn.version())
     return versions
