@@ -124,10 +124,12 @@ def build_audit(y: np.ndarray, predictions: dict[str, np.ndarray], specs: list[A
     flags += [f"{name}: the library reported {r['reported_robust']} robust examples, re-scoring its inputs gives "
               f"{r['rescored_robust']}" for name, r in rescoring.items() if not r["matches"]]
     flags += [f"{name} left the ε-ball or [0, 1]" for name, ok in in_ball.items() if not ok]
+    train_mode = {name: r.get("forward_calls_in_train_mode", 0) for name, r in records.items()}
+    flags += [f"{name}: {n} forward passes ran with the model in training mode" for name, n in train_mode.items() if n]
     if zero_grad > 0.05:
         flags.append(f"{zero_grad:.1%} of examples have a zero input gradient")
     return {"attack_agreement": agreement, "autoattack_agreement": aa_agreement, "order_checks": order,
             "order_tolerance": ORDER_TOLERANCE, "within_budget": in_ball, "zero_gradient_fraction": zero_grad,
             "rescored": "every robust prediction is the model's prediction on the attack's returned input",
             "rescoring": rescoring,
-            "model_mode_during_attacks": "eval", "flags": flags}
+            "forward_calls_in_train_mode": train_mode, "flags": flags}

@@ -111,7 +111,25 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     """
     num_classes = int(y.max()) + 1 if num_classes is None and len(y) else num_classes
     predictions, records = {}, {}
+    train_mode_calls = [0]  # forward passes made while any module was in training mode (BatchNorm, dropout)
+
+    def count_train_mode(module, _inputs):
+        if any(m.training for m in module.modules()):
+            train_mode_calls[0] += 1
+
+    hook = model.register_forward_pre_hook(count_train_mode)
+    try:
+        _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
+                       predictions, records, train_mode_calls)
+    finally:
+        hook.remove()
+    return {"predictions": predictions, "records": records}
+
+
+def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
+                   predictions, records, train_mode_calls) -> None:
     for attack in [None, *attacks]:
+        calls_before = train_mode_calls[0]
         name = "clean" if attack is None else attack.name
         generator = torch.Generator().manual_seed(seed)  # each attack's random start is reproducible
         started = time.perf_counter()
@@ -129,8 +147,8 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
         predictions[name] = full
         records[name] = {"seconds": time.perf_counter() - started, **sanity, "examples": int(len(idx)),
                          "spec": attack.to_dict() if attack is not None else None}
+        records[name]["forward_calls_in_train_mode"] = train_mode_calls[0] - calls_before
         if attack is not None:
             records[name]["seed"] = seed
         if attack is not None and sanity["max_linf"] > attack.eps + 1e-5:
             raise RuntimeError(f"attack {name} left the ε-ball: max L∞ {sanity['max_linf']:.6f} > ε {attack.eps:.6f}")
-    return {"predictions": predictions, "records": records}

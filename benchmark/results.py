@@ -73,6 +73,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), for cost records of CPU runs."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def package_versions() -> dict[str, str]:
     """Versions that can change a number: recorded beside every result."""
     import numpy

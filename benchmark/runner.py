@@ -24,7 +24,7 @@ from .data.prepare import evaluation_subset, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
 from .models import create_model
-from .results import (SCHEMA_VERSION, harness_commit, package_versions, peak_rss_mb, read_json, save_npz_atomic,
+from .results import (SCHEMA_VERSION, cpu_name, harness_commit, package_versions, peak_rss_mb, read_json, save_npz_atomic,
                       write_json_atomic, write_text_atomic)
 from .train import CHECKPOINT, pick_device, seed_everything, train
 
@@ -91,6 +91,8 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     if device.type == "cuda":
         cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         cost["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        cost["device_name"] = cpu_name()
     cost["peak_rss_mb"] = peak_rss_mb()
     cost["harness_commit"] = harness_commit()
     save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),

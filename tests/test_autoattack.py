@@ -196,3 +196,30 @@ def test_audit_flags_a_library_report_that_rescoring_contradicts():
     audit = build_audit(y, {"clean": y, "aa": np.array([0, 0])}, [spec], records, 2, 0.0)
     assert audit["rescoring"]["aa"] == {"reported_robust": 2, "rescored_robust": 1, "matches": False}
     assert any("re-scoring" in flag for flag in audit["flags"])
+
+
+class _SwitchesToTrainingDuringAttacks(torch.nn.Module):
+    """A model that (like a broken attack wrapper) puts itself in training mode when asked for an input
+    gradient: the evaluation must notice the forward passes that ran that way."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = ToyLinear()
+
+    def forward(self, x):
+        if x.requires_grad:
+            self.train()
+        return self.linear(x)
+
+
+def test_forward_passes_in_training_mode_during_an_attack_are_counted_and_flagged():
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    model = _SwitchesToTrainingDuringAttacks()
+    spec = AttackSpec("pgd", EPS, 3, EPS / 4, "none")
+    out = evaluate(model, x, y, [spec], 6, torch.device("cpu"), progress=False, num_classes=3)
+    assert out["records"]["clean"]["forward_calls_in_train_mode"] == 0
+    assert out["records"]["pgd3"]["forward_calls_in_train_mode"] >= 2  # every step after the first
+    audit = build_audit(y.numpy(), out["predictions"], [spec], out["records"], 3, 0.0)
+    assert audit["forward_calls_in_train_mode"]["clean"] == 0
+    assert any("training mode" in flag for flag in audit["flags"])

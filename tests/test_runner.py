@@ -101,7 +101,12 @@ def test_metrics_json_records_schema_config_seeds_versions_and_cost(finished_run
     assert cost["epochs"] == 2
     assert cost["steps"] == 2 * STEPS_PER_EPOCH
     assert cost["resumed_from_epoch"] is None
-    assert cost["device"] == "cpu"
+    assert cost["device"] == "cpu" and cost["device_name"].endswith("cores)")
+    assert cost["seconds_per_epoch"] == pytest.approx(cost["train_seconds"] / 2)
+    assert cost["peak_rss_mb"] > 0 and cost["eval_seconds"] > 0
+    assert len(cost["harness_commit"]) >= 7
+    assert metrics["model_selection"] == {"rule": "final", "label": "final epoch", "metric": "none", "attack": None,
+                                          "from_epoch": None, "epoch": 1, "score": None}
 
 
 def test_metrics_json_records_long_tailed_train_counts_and_eval_subset(finished_run):
