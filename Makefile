@@ -6,11 +6,12 @@ PROFILE ?= quick
 METHODS ?=
 IRS ?=
 SEEDS ?=
+DEVICES ?=
 RESULTS ?= results
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
-	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS))
+	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DEVICES),--devices $(DEVICES))
 
-.PHONY: setup bench test gpu-check docs clean-venv
+.PHONY: setup bench test gpu-check perf docs clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,3 +37,9 @@ clean-venv:
 # Uses .venv where it exists, else the machine's python3 (GPU images come with torch preinstalled).
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.gpu_check
+
+# Training speed: a naive PGD-10 AT loop vs our fast path, same data and model (JSON in results/perf.json).
+# On a CUDA machine CIFAR ResNet-18; without one a tiny CPU configuration. PERF_ARGS passes options through.
+PERF_ARGS ?=
+perf:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.perf --out $(RESULTS)/perf.json $(PERF_ARGS)

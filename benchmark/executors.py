@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .config import Config
+from .errors import UsageError
 from .runner import cell_status, run_cell
 
 Report = Callable[[dict], None]
@@ -106,9 +107,14 @@ class DeviceExecutor:
 
     def __init__(self, devices: list[str]):
         self.devices = [f"cuda:{d}" if str(d).isdigit() else str(d) for d in devices]
+        if len({d.split(":")[0] for d in self.devices}) > 1:
+            raise UsageError(f"--devices mixes device types ({', '.join(self.devices)}): speed settings resolve "
+                             "per device type and are part of the cell key, so give one type")
 
     def run(self, cells: list[Config], results_dir: Path, force: bool, progress: bool,
             report: Report) -> list[dict]:
+        # keys as the workers will compute them (auto speed switches resolve by device type)
+        cells = [Config(**{**cfg.to_dict(), "device": self.devices[0]}).validate() for cfg in cells]
         tracker = GridProgress(cells, results_dir, workers=len(self.devices))
         results: dict[str, dict] = {}
         queue = list(enumerate(cells, 1))

@@ -120,3 +120,10 @@ def test_grid_summary_gives_mean_std_and_seed_count_per_method_and_ir():
     assert "45.0 ± 7.1 (n=2)" in row and "30.0 ± 0.0 (n=1)" in row
     taet = next(line for line in text.splitlines()[-3:] if line.startswith("taet"))
     assert "45.0 ± 0.0 (n=1)" in taet and taet.rstrip().endswith("-")
+
+
+def test_devices_of_mixed_types_are_refused_in_one_line(tmp_path, capsys):
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(TINY_PROFILE)
+    code = main(["--profile", str(profile), "--results", str(tmp_path / "r"), "--devices", "cpu,0"])
+    assert code == 2 and "mixes device types" in capsys.readouterr().err
