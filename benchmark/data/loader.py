@@ -31,7 +31,7 @@ def iterate_batches(
     order = None
     if shuffle:
         draw_device = generator.device if generator is not None else torch.device("cpu")
-        order = torch.randperm(total, generator=generator, device=draw_device).to(x.device)
+        order = host_to_device(torch.randperm(total, generator=generator, device=draw_device), x.device)
     for start in range(0, stop, batch_size):
         if order is None:
             yield x[start : start + batch_size], y[start : start + batch_size]
@@ -43,6 +43,14 @@ def iterate_batches(
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 pixels to float32 in [0, 1], the range attacks and ε are defined on."""
     return x_uint8.to(torch.float32) / 255.0
+
+
+def host_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a small CPU tensor (random draws of a CPU generator) to a CUDA device without stalling the host:
+    a copy from pageable memory waits for the queued GPU work, one from pinned memory does not."""
+    if t.device == torch.device(device) or torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def stratified_subset(labels: torch.Tensor | np.ndarray, per_class: int, seed: int) -> np.ndarray:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import UsageError
+from .loader import host_to_device
 
 AUGMENTATIONS = ("none", "crop_flip", "randaugment_crop_flip", "autoaugment_crop_flip")
 # Kinds that run a torchvision policy on each image before RandomCrop + flip (AT-BSL-RA / AT-BSL-AuA).
@@ -40,7 +41,7 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator | None, padding
     row_offsets = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=draw_device)
     col_offsets = torch.randint(0, 2 * padding + 1, (batch,), generator=generator, device=draw_device)
     flips = torch.rand(batch, generator=generator, device=draw_device) < 0.5
-    row_offsets, col_offsets, flips = (t.to(x.device) for t in (row_offsets, col_offsets, flips))
+    row_offsets, col_offsets, flips = (host_to_device(t, x.device) for t in (row_offsets, col_offsets, flips))
 
     rows = row_offsets[:, None] + torch.arange(height, device=x.device)  # [B, H]
     cols = torch.arange(width, device=x.device).expand(batch, width)
