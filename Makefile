@@ -11,7 +11,7 @@ RESULTS ?= results
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
 	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DEVICES),--devices $(DEVICES))
 
-.PHONY: setup bench test gpu-check perf docs clean-venv
+.PHONY: setup bench report test gpu-check perf docs clean-venv
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ setup: $(VENV)/.installed
 
 bench: setup
 	$(PY) -m benchmark $(BENCH_ARGS)
+
+# HTML report of every finished cell under $(RESULTS): reports/index.html (leaderboards, per-class tables, exports).
+report: setup
+	$(PY) -m benchmark.report --results $(RESULTS)
 
 test: setup
 	$(PY) -m pytest -q

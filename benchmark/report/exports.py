@@ -1,0 +1,95 @@
+"""Every report table also as CSV (numbers, for pandas), Markdown (for issues and READMEs) and LaTeX
+(booktabs, for papers; best in \\textbf, second best in \\underline, as on the page)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from .tables import Table
+
+EXPORT_FORMATS = ("csv", "md", "tex")
+
+
+def header(col) -> str:
+    return f"{col.group} {col.label}".strip() if col.group else col.label
+
+
+def to_frame(table: Table) -> pd.DataFrame:
+    """Numbers as they are (percent for recalls), with ``<column> std`` and ``<column> ci95 low/high``
+    beside any column that has them."""
+    data: dict[str, list] = {}
+    for j, col in enumerate(table.columns):
+        cells = [row[j] for row in table.rows]
+        data[header(col)] = [c.value for c in cells]
+        if any(c.std is not None for c in cells):
+            data[f"{header(col)} std"] = [c.std for c in cells]
+        if any(c.interval is not None for c in cells):
+            data[f"{header(col)} ci95 low"] = [c.interval[0] if c.interval else None for c in cells]
+            data[f"{header(col)} ci95 high"] = [c.interval[1] if c.interval else None for c in cells]
+    return pd.DataFrame(data, columns=list(data))
+
+
+def to_csv(table: Table) -> str:
+    buffer = io.StringIO()
+    to_frame(table).to_csv(buffer, index=False, lineterminator="\n")
+    return buffer.getvalue()
+
+
+def _md_escape(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: Table) -> str:
+    marks = {"best": "**{}**", "second": "<u>{}</u>", "": "{}"}
+    heads = [_md_escape(f"{c.group}: {c.label}" if c.group else c.label) for c in table.columns]
+    lines = [f"**{_md_escape(table.title)}**", "", "| " + " | ".join(heads) + " |",
+             "|" + "|".join("---:" if c.numeric else ":---" for c in table.columns) + "|"]
+    for row in table.rows:
+        lines.append("| " + " | ".join(marks[c.mark].format(_md_escape(c.text)) for c in row) + " |")
+    lines += [""] + [f"{_md_escape(n)}  " for n in table.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_SYMBOLS = {"±": r"$\pm$", "—": "--", "–": "--", "ε": r"$\varepsilon$", "∞": r"$\infty$",
+                  "·": r"$\cdot$", "≈": r"$\approx$", "×": r"$\times$", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+    return "".join(_LATEX_SYMBOLS.get(ch, ch) for ch in out)
+
+
+def to_latex(table: Table) -> str:
+    marks = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
+    lines = [f"% {latex_escape(table.title)}"] + [f"% {latex_escape(n)}" for n in table.notes]
+    lines += [r"% needs \usepackage{booktabs}",
+              r"\begin{tabular}{" + "".join("r" if c.numeric else "l" for c in table.columns) + "}", r"\toprule"]
+    if table.has_groups:
+        spans, rules, start = [], [], 1
+        for label, n in table.group_spans:
+            spans.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label)}}}" if label else " & ".join([""] * n))
+            if label:
+                rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+            start += n
+        lines += [" & ".join(spans) + r" \\", " ".join(rules)]
+    lines.append(" & ".join(latex_escape(c.label) for c in table.columns) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        lines.append(" & ".join(marks[c.mark] % latex_escape(c.text) for c in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_exports(table: Table, folder: Path) -> dict[str, str]:
+    """Write <slug>.csv/.md/.tex into ``folder``; return format -> file name."""
+    writers = {"csv": to_csv, "md": to_markdown, "tex": to_latex}
+    names = {}
+    for fmt in EXPORT_FORMATS:
+        name = f"{table.slug}.{fmt}"
+        (folder / name).write_text(writers[fmt](table), encoding="utf-8")
+        names[fmt] = name
+    return names

@@ -1,0 +1,289 @@
+"""Results store: every finished cell's ``metrics.json`` as tidy pandas tables.
+
+Tidy, because then a leaderboard, a per-class table and a plot are each one ``groupby`` away, and any
+number on the report page can be checked against one row here. Nothing is recomputed from predictions:
+the numbers are the ones ``metrics.json`` records.
+
+``load_results(root)`` reads ``<root>/<cell>/metrics.json`` for every folder directly under ``root`` and
+returns a :class:`ResultStore`. A folder that cannot be used (no ``metrics.json`` yet, ``status`` other
+than ``complete``, unreadable JSON, another ``schema_version``, a missing or malformed field) is listed in
+``ResultStore.skipped`` as ``(path, reason)``, never raised.
+
+Schema (``STORE_SCHEMA_VERSION`` = 1). Recalls and accuracies are fractions in [0, 1].
+
+Cell identity columns, on every row of both tables:
+
+    cell_key         the cell's folder name (the runner names it after the cell key)
+    setting          short hash of the resolved config without the training seed and location fields:
+                     cells that differ only by training seed share it and are averaged together
+    dataset, imbalance_ratio (float), test_split ('balanced' | 'longtail' | 'natural'),
+    method, preset (None without one), method_label ('taet.authors'), model,
+    seed (training seed), subset_seed, eps (float), eps_label (as the profile wrote it: '8/255'),
+    norm ('Linf' unless an attack spec says otherwise), eval_examples (test examples of the cell),
+    selection (model_selection's label: 'final epoch', 'validation-selected', 'test-selected'; None if
+    not recorded), device ('cpu', 'cuda', ...), train_seconds, eval_seconds, flags (tuple of audit flag
+    strings), n_flags
+
+``classes``: one row per cell × attack × class, plus
+
+    attack           'clean', 'worst_case' (per-example worst case over clean input and all attacks, on the
+                     examples they all ran on), 'worst_case_all_examples' (only when some attack ran on a
+                     subset: the worst case over the attacks that ran on every example) or an attack's
+                     name in ``evaluation.attacks`` (fgsm, pgd20, cw20, autoattack, ...)
+    class_index, class_name, train_count, train_rank (0 = most training images, ties by class index),
+    group            the class's head/tail (or many/medium/few) group, by training-count rank
+    test_support     test examples of the class that this attack ran on (its confusion-matrix row sum;
+                     ``evaluation.test_support`` where no matrix is recorded)
+    correct          of those, classified correctly under the attack
+    recall           correct / test_support; NaN where test_support is 0 (undefined, never 0 or 1)
+    accuracy, balanced   the cell's accuracy and balanced accuracy / Balanced Robustness under the attack
+
+``cells``: one row per cell × attack, plus
+
+    attack, examples (test examples the attack ran on), accuracy, balanced (Balanced Robustness under an
+    attack), worst_class_recall, worst_class, tail_mean (mean recall of the 'tail' or 'few' group),
+    group_<name> for each group mean
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from .metrics import WORST_CASE, WORST_CASE_ALL_EXAMPLES, class_groups
+from .results import SCHEMA_VERSION
+
+STORE_SCHEMA_VERSION = 1
+METRICS_FILE = "metrics.json"
+LOG_FILE = "log.jsonl"
+CLEAN = "clean"
+TAIL_GROUPS = ("tail", "few")  # names of the smallest-count group (10-class and 100-class conventions)
+# Config fields that do not change what is computed (where, and the seed the averaging runs over).
+_NOT_SETTING = ("seed", "data_root", "download", "device")
+
+CELL_COLUMNS = ["cell_key", "setting", "dataset", "imbalance_ratio", "test_split", "method", "preset",
+                "method_label", "model", "seed", "subset_seed", "eps", "eps_label", "norm", "eval_examples",
+                "selection", "device", "train_seconds", "eval_seconds", "flags", "n_flags"]
+CLASS_COLUMNS = CELL_COLUMNS + ["attack", "class_index", "class_name", "train_count", "train_rank", "group",
+                                "test_support", "correct", "recall", "accuracy", "balanced"]
+ATTACK_COLUMNS = CELL_COLUMNS + ["attack", "examples", "accuracy", "balanced", "worst_class_recall", "worst_class",
+                                  "tail_mean"]
+
+
+class Skipped(NamedTuple):
+    path: Path
+    reason: str
+
+
+class BadCell(ValueError):
+    """A metrics.json that is readable JSON but not a complete cell of the schema this store reads."""
+
+
+@dataclass
+class ResultStore:
+    root: Path
+    classes: pd.DataFrame  # cell × attack × class
+    cells: pd.DataFrame  # cell × attack
+    metrics: dict[str, dict] = field(default_factory=dict)  # cell_key -> metrics.json as read
+    paths: dict[str, Path] = field(default_factory=dict)  # cell_key -> cell folder
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.metrics
+
+    def log(self, cell_key: str) -> list[dict]:
+        return read_log(self.paths[cell_key] / LOG_FILE)
+
+
+def load_results(root: str | Path) -> ResultStore:
+    """Every usable cell under ``root``; unusable ones go to ``skipped`` with the reason."""
+    root = Path(root)
+    class_rows: list[dict] = []
+    attack_rows: list[dict] = []
+    store = ResultStore(root, pd.DataFrame(), pd.DataFrame())
+    for cell_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        path = cell_dir / METRICS_FILE
+        try:
+            metrics = _read_metrics(path)
+            info = cell_info(cell_dir.name, metrics)
+            classes, attacks = _explode(info, metrics)
+        except BadCell as err:
+            store.skipped.append(Skipped(path if path.exists() else cell_dir, str(err)))
+            continue
+        class_rows += classes
+        attack_rows += attacks
+        store.metrics[cell_dir.name] = metrics
+        store.paths[cell_dir.name] = cell_dir
+    store.classes = pd.DataFrame(class_rows, columns=CLASS_COLUMNS)
+    store.cells = cells_frame(attack_rows)
+    return store
+
+
+def cells_frame(rows: list[dict]) -> pd.DataFrame:
+    """The cell × attack table from row dicts, with every documented column (group_<name> columns added)."""
+    extra = sorted({k for row in rows for k in row if k.startswith("group_")})
+    return pd.DataFrame(rows, columns=ATTACK_COLUMNS + extra)
+
+
+def read_log(path: Path) -> list[dict]:
+    """Per-epoch lines of log.jsonl, the last line of each epoch winning (a resumed run repeats epochs).
+    Unreadable lines are dropped: the log is a by-product, never a reason to fail a report."""
+    by_epoch: dict[int, dict] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
+            by_epoch[entry["epoch"]] = entry
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _read_metrics(path: Path) -> dict:
+    if not path.exists():
+        has_checkpoint = (path.parent / "checkpoint.pt").exists()
+        raise BadCell("no metrics.json" + (" (unfinished: a checkpoint is there)" if has_checkpoint else ""))
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadCell(f"unreadable metrics.json: {err}") from None
+    if not isinstance(metrics, dict):
+        raise BadCell("metrics.json is not a JSON object")
+    if metrics.get("schema_version") != SCHEMA_VERSION:
+        raise BadCell(f"schema_version {metrics.get('schema_version')!r} (this report reads {SCHEMA_VERSION})")
+    if metrics.get("status") != "complete":
+        raise BadCell(f"status {metrics.get('status')!r}, not 'complete'")
+    return metrics
+
+
+def _get(metrics: dict, dotted: str, kind: type | tuple = object) -> Any:
+    value: Any = metrics
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise BadCell(f"missing field {dotted}")
+        value = value[part]
+    if not isinstance(value, kind):
+        raise BadCell(f"field {dotted} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def eps_label(value: Any) -> str:
+    """ε as a reader expects it: the profile's own string ("8/255"), else k/255 when it is one, else the number."""
+    if isinstance(value, str):
+        return value
+    k = float(value) * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{float(value):g}"
+
+
+def cell_info(cell_key: str, metrics: dict) -> dict:
+    """The identity and cost columns of one cell (see the module docstring)."""
+    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
+    records = metrics.get("evaluation", {}).get("attack_records") or {}
+    specs = [r["spec"] for r in records.values() if isinstance(r, dict) and isinstance(r.get("spec"), dict)]
+    eps = config.get("eps_value", specs[0].get("eps") if specs else None)
+    cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
+    flags = (metrics.get("audit") or {}).get("flags") or []
+    name, preset = str(_get(metrics, "method.name")), _get(metrics, "method.preset", (str, type(None)))
+    setting_source = {k: v for k, v in config.items() if k not in _NOT_SETTING} or {
+        "method": name, "preset": preset, "dataset": metrics["data"].get("dataset")}
+    seeds = metrics.get("seeds") if isinstance(metrics.get("seeds"), dict) else {}
+    return {
+        "cell_key": cell_key,
+        "setting": hashlib.sha1(json.dumps(setting_source, sort_keys=True, default=str).encode()).hexdigest()[:8],
+        "dataset": str(_get(metrics, "data.dataset")),
+        "imbalance_ratio": float(_get(metrics, "data.imbalance_ratio", (int, float))),
+        "test_split": str(_get(metrics, "data.test_split")),
+        "method": name,
+        "preset": preset,
+        "method_label": name if not preset else f"{name}.{preset}",
+        "model": str(config.get("model", "?")),
+        "seed": seeds.get("training", config.get("seed")),
+        "subset_seed": seeds.get("subset", metrics["data"].get("subset_seed")),
+        "eps": float(eps) if isinstance(eps, (int, float)) else math.nan,
+        "eps_label": eps_label(config.get("eps", eps)) if eps is not None else "?",
+        "norm": str(specs[0].get("norm", "Linf")) if specs else "Linf",
+        "eval_examples": metrics["data"].get("eval_examples"),
+        "selection": (metrics.get("model_selection") or {}).get("label") if isinstance(
+            metrics.get("model_selection"), dict) else None,
+        "device": str(cost.get("device", "?")),
+        "train_seconds": _number(cost.get("train_seconds")),
+        "eval_seconds": _number(cost.get("eval_seconds")),
+        "flags": tuple(str(f) for f in flags),
+        "n_flags": len(flags),
+    }
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def class_group_of(metrics: dict) -> dict[int, str]:
+    """class index -> group name: ``evaluation.groups`` when recorded, else by training-count rank."""
+    groups = metrics.get("evaluation", {}).get("groups") or class_groups(metrics["data"]["train_counts"])
+    return {int(c): name for name, members in groups.items() for c in members}
+
+
+def tail_classes(metrics: dict) -> list[int]:
+    """The tail ('tail' or 'few') classes of a cell, in class-index order."""
+    groups = class_group_of(metrics)
+    return sorted(c for c, name in groups.items() if name in TAIL_GROUPS)
+
+
+def _explode(info: dict, metrics: dict) -> tuple[list[dict], list[dict]]:
+    classes = _get(metrics, "data.classes", list)
+    counts = _get(metrics, "data.train_counts", list)
+    support = _get(metrics, "evaluation.test_support", list)
+    attacks = _get(metrics, "evaluation.attacks", dict)
+    n = len(classes)
+    if len(counts) != n or len(support) != n:
+        raise BadCell(f"data.train_counts / evaluation.test_support do not have one entry per class ({n})")
+    if CLEAN not in attacks:
+        raise BadCell("evaluation.attacks has no 'clean' entry")
+    group_of = class_group_of(metrics)
+    rank = {c: r for r, c in enumerate(sorted(range(n), key=lambda c: (-counts[c], c)))}
+    class_rows, attack_rows = [], []
+    for attack, m in attacks.items():
+        if not isinstance(m, dict):
+            raise BadCell(f"evaluation.attacks.{attack} is not an object")
+        recall, correct = m.get("per_class_recall"), m.get("per_class_correct")
+        if not isinstance(recall, list) or not isinstance(correct, list) or len(recall) != n or len(correct) != n:
+            raise BadCell(f"evaluation.attacks.{attack}: per_class_recall / per_class_correct need {n} entries")
+        groups = m.get("group_means") or {}
+        tail = next((groups[g] for g in TAIL_GROUPS if g in groups), None)
+        attack_support = _attack_support(m, support)
+        attack_rows.append({**info, "attack": attack, "examples": m.get("examples", sum(attack_support)),
+                            "accuracy": _number(m.get("accuracy")),
+                            "balanced": _number(m.get("balanced")),
+                            "worst_class_recall": _number(m.get("worst_class_recall")),
+                            "worst_class": m.get("worst_class"), "tail_mean": _number(tail),
+                            **{f"group_{g}": _number(v) for g, v in groups.items()}})
+        for c in range(n):
+            class_rows.append({**info, "attack": attack, "class_index": c, "class_name": str(classes[c]),
+                               "train_count": counts[c], "train_rank": rank[c], "group": group_of.get(c),
+                               "test_support": attack_support[c], "correct": correct[c],
+                               "recall": math.nan if recall[c] is None else float(recall[c]),
+                               "accuracy": _number(m.get("accuracy")), "balanced": _number(m.get("balanced"))})
+    return class_rows, attack_rows
+
+
+def _attack_support(m: dict, support: list[int]) -> list[int]:
+    """Per-class examples an attack ran on: an attack limited to a class-stratified subset (AutoAttack on a
+    CPU) is scored on its own examples, which its confusion-matrix rows count."""
+    matrix = m.get("confusion_matrix")
+    if isinstance(matrix, list) and len(matrix) == len(support) and all(isinstance(r, list) for r in matrix):
+        return [int(sum(row)) for row in matrix]
+    return list(support)
+
+
+__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "load_results", "cells_frame", "read_log", "cell_info",
+           "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN"]
