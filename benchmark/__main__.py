@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import OneLineParser, UsageError
 
 
 def _csv(kind):
@@ -20,13 +20,6 @@ def _csv(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a comma-separated list of {kind.__name__}, got {text!r}")
     return parse
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag ends like every other bad input: one line on stderr, exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see python -m benchmark --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -51,6 +51,7 @@ from .data.transforms import augment
 from .evaluate import InferenceModel, predict
 from .fastpath import autocast, prepare_model, resolve_speed
 from .models import create_model
+from .train import train_step
 
 CIFAR10_LT_IR10_TRAIN = 20_431  # training images of CIFAR-10-LT at IR 10 (5000 · 10^(-c/9), floored, summed)
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by the precision the convolutions run in.
@@ -135,15 +136,8 @@ def naive_step(model, optimizer, x, y, eps: float, step_size: float, steps: int)
 
 
 def fast_step(model, optimizer, method, ctx, xb, yb, amp: str, device) -> torch.Tensor:
-    """One step exactly as ``benchmark.train.train`` runs it; the loss stays on the device."""
-    ctx.lr = optimizer.param_groups[0]["lr"]
-    with autocast(amp, device):
-        out = method.loss(model, xb, yb, ctx)
-    optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    optimizer.step()
-    ctx.step += 1
-    return out.loss.detach()
+    """One step exactly as ``benchmark.train.train`` runs it (the same function); the loss stays on the device."""
+    return train_step(model, optimizer, method, ctx, xb, yb, autocast(amp, device)).loss.detach()
 
 
 def _optimizer(model):

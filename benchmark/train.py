@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import AttackSpec
-from methods import Method, TrainContext
+from methods import LossOut, Method, TrainContext
 from .config import Config
 from .data.loader import iterate_batches, stratified_subset, to_float
 from .data.prepare import CellData, evaluation_subset
@@ -64,6 +64,20 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
 def _autocast(cfg: Config, device: torch.device):
     """bf16 autocast around the method's loss on CUDA when ``amp`` resolves to bf16 there; else nothing."""
     return autocast(resolve_amp(cfg.amp, device), device)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, ctx: TrainContext,
+               xb: torch.Tensor, yb: torch.Tensor, autocast_context) -> LossOut:
+    """One optimizer step on the method's loss (its attack included); no host synchronization.
+    ``benchmark.perf`` times this same function as the fast path."""
+    ctx.lr = optimizer.param_groups[0]["lr"]
+    with autocast_context:
+        out = method.loss(model, xb, yb, ctx)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    ctx.step += 1
+    return out
 
 
 def _trim_log(path: Path, last_epoch: int) -> None:
@@ -136,12 +150,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
                            disable=None if progress else True):
             xb = augment(to_float(xb), cfg.augment, generator)
-            ctx.lr = optimizer.param_groups[0]["lr"]
-            with _autocast(cfg, device):
-                out = method.loss(model, xb, yb, ctx)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            optimizer.step()
+            out = train_step(model, optimizer, method, ctx, xb, yb, _autocast(cfg, device))
             if cfg.schedule_unit == "iteration":
                 scheduler.step()
             loss_sum += out.loss.detach() * len(yb)
@@ -150,7 +159,6 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
             for name, value in out.stats.items():
                 stats_sum[name] = stats_sum.get(name, 0) + value * len(yb)
             seen += len(yb)
-            ctx.step += 1
         lr = optimizer.param_groups[0]["lr"]
         if cfg.schedule_unit == "epoch":
             scheduler.step()

@@ -8,14 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import UsageError
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag ends like every other bad input: one line on stderr, exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see python -m benchmark.report --help)\n")
+from ..errors import OneLineParser, UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:
