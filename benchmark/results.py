@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 SCHEMA_VERSION = 1
 
 
@@ -38,6 +36,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_torch_atomic(path: Path, obj: Any) -> None:
+    import torch  # imported here: the report reads results without paying for torch
+
     _atomic_write(path, lambda h: torch.save(obj, h))
 
 
@@ -87,6 +87,7 @@ def cpu_name() -> str:
 def package_versions() -> dict[str, str]:
     """Versions that can change a number: recorded beside every result."""
     import numpy
+    import torch
 
     versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
                 "platform": platform.platform(), "cuda": torch.version.cuda or "none"}
