@@ -259,6 +259,33 @@ def test_interrupted_run_resumes_from_checkpoint_and_matches_uninterrupted_run(f
     assert _read_log(cell)[1]["loss"] == _read_log(finished_run.cell)[1]["loss"]
 
 
+def test_a_crash_during_evaluation_resumes_the_attack_from_its_saved_batches(tmp_path, monkeypatch):
+    import benchmark.evaluate as evaluate_module
+
+    cfg = _tiny_config(eval_batch_size=64)  # 200 evaluated digits: four batches per attack
+    straight = run_cell(cfg, tmp_path / "straight", progress=False)
+    real, calls = evaluate_module.run_attack_reported, []
+
+    def dies_in_third_batch(spec, *args, **kwargs):
+        calls.append(spec.name)
+        if calls.count("pgd3") == 3:  # the evaluation attack, not the monitoring one
+            raise SimulatedCrash("killed during the evaluation")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "run_attack_reported", dies_in_third_batch)
+    with pytest.raises(SimulatedCrash):
+        run_cell(cfg, tmp_path / "crashed", progress=False)
+    monkeypatch.setattr(evaluate_module, "run_attack_reported", real)
+    cell = tmp_path / "crashed" / cfg.key()
+    assert (cell / "eval_progress" / "pgd3.npz").exists() and cell_status(cell) == "resumable"
+
+    metrics = run_cell(cfg, tmp_path / "crashed", progress=False)
+    assert metrics["cost"]["resumed_from_epoch"] == cfg.epochs  # training was not redone
+    assert metrics["evaluation"]["attack_records"]["pgd3"]["resumed"] is True
+    assert metrics["evaluation"]["attacks"] == straight["evaluation"]["attacks"]
+    assert not (cell / "eval_progress").exists()  # the partial files are gone once predictions.npz is written
+
+
 # --- cell keys ------------------------------------------------------------------------------------
 
 def _tiny_config(**changes) -> Config:
