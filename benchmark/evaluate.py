@@ -113,8 +113,10 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     predictions, records = {}, {}
     train_mode_calls = [0]  # forward passes made while any module was in training mode (BatchNorm, dropout)
 
-    def count_train_mode(module, _inputs):
-        if any(m.training for m in module.modules()):
+    modules = list(model.modules())
+
+    def count_train_mode(_module, _inputs):
+        if any(m.training for m in modules):
             train_mode_calls[0] += 1
 
     hook = model.register_forward_pre_hook(count_train_mode)
