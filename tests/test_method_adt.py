@@ -16,7 +16,7 @@ from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.models import create_model
 from methods import TrainContext, create_method, describe_methods, get_method_class, list_methods
-from toys import B, W, images as _images, hand_logits as _hand_logits
+from toys import B, W, fixed_batch_losses, images as _images, hand_logits as _hand_logits, mnist_batch
 
 # The 3-class linear toy (W, B) of tests/toys.py: logits = W·vec(x) + b.
 X = [[0.0, 0.05, 0.6, 1.0], [0.97, 0.1, 0.5, 0.02]]  # pixels at and near 0 and 1: the clamp is active
@@ -234,21 +234,11 @@ def test_perturbation_stays_in_the_eps_ball_and_image_box_and_ignores_the_attack
 def test_twelve_sgd_steps_on_one_fixed_batch_lower_the_adt_loss_clearly(clean_mnist_model, mnist5k):
     # 2 inner steps x 2 samples instead of the authors' 7 x 5 (3.5 s instead of ~20 s here); plain SGD, as a
     # random-sample adversarial loss on one fixed batch overshoots with momentum 0.9.
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(0))[:64]
-    x, y = to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]
+    x, y = mnist_batch(mnist5k, 64)
     model = copy.deepcopy(clean_mnist_model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     method, ctx = create_method("adt", steps=2, samples=2), _ctx(AttackSpec("pgd", 0.1, 10, 0.025, "normal"), 10)
-    losses = []
-    for step in range(13):
-        torch.manual_seed(1)  # the same noise draws every step
-        out = method.loss(model, x, y, ctx)
-        losses.append(out.loss.item())
-        if step == 12:
-            break
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=13)  # same noise draws each time
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0], losses  # measured: 1.11 -> 0.50 (ratio 0.45)
 

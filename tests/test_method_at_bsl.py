@@ -11,10 +11,10 @@ import attacks.registry
 import methods.at_bsl  # noqa: F401  (registers "at_bsl"; methods/__init__ imports it too)
 from attacks import AttackSpec, ce_sum, pgd
 from benchmark.config import expand_grid
-from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.models import create_model
 from methods import TrainContext, create_method, describe_methods, get_method_class, list_methods
+from toys import fixed_batch_losses, mnist_batch
 
 COUNTS = [100, 10, 1]  # head, middle, tail of a 3-class toy
 LOGITS = torch.tensor([[1.0, 0.5, -0.5], [0.2, 1.5, 0.0], [0.0, 0.3, 2.0], [2.0, 0.0, 1.0]])
@@ -113,11 +113,6 @@ def small_model():
     return create_model("small_cnn", 10, 1, width=0.5, drop_rate=0.0)
 
 
-def mnist_batch(mnist5k, size):
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(0))[:size]
-    return to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]
-
-
 SKEWED = [1000, 300, 100, 30, 10, 3, 1, 1, 1, 1]  # a strong prior, so a BSL attack would go elsewhere
 
 
@@ -165,15 +160,7 @@ def test_sgd_steps_on_one_batch_lower_the_balanced_softmax_loss(mnist5k):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     method = create_method("at_bsl")
     ctx = toy_ctx([400, 311, 241, 187, 146, 113, 88, 68, 53, 41], AttackSpec("pgd", 0.1, 3, 0.05, "normal"))
-    losses = []
-    for _ in range(20):
-        torch.manual_seed(1)  # the same attack start every step
-        out = method.loss(model.train(), x, y, ctx)
-        optimizer.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(out.loss.item())
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=20, clip=1.0)
     assert losses[-1] < 0.75 * losses[0], str(losses)
     # still falling at the end, not a lucky dip
     assert all(later < earlier for earlier, later in zip(losses[-5:], losses[-4:])), str(losses)

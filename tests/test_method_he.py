@@ -18,6 +18,7 @@ from benchmark.models import InputNormalize, create_model
 from benchmark.models.base import Classifier
 from methods import TrainContext, create_method, describe_methods, get_method_class, list_methods
 from methods.he import HypersphereClassifier
+from toys import fixed_batch_losses, mnist_batch
 
 W = [[3.0, 4.0], [0.0, 2.0], [-1.0, 0.0]]  # row norms 5, 2, 1
 MODES = ("project", "explicit")
@@ -254,23 +255,13 @@ def test_inference_logits_are_the_scale_one_cosines_and_eval_scale_changes_only_
 # --- a short training run ---------------------------------------------------------------------------------
 
 def test_twelve_sgd_steps_on_one_fixed_batch_lower_the_he_loss_clearly(clean_mnist_model, mnist5k):
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(0))[:64]
-    x, y = to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]  # all ten classes (the split is class-sorted)
+    x, y = mnist_batch(mnist5k, 64)  # all ten classes (the split is class-sorted)
     method = create_method("he")
     torch.manual_seed(0)
     model = method.wrap_model(copy.deepcopy(clean_mnist_model)).train()  # clean backbone, fresh HE head
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     ctx = _ctx(AttackSpec("pgd", 0.1, 3, 0.025, "normal"), num_classes=10)
-    losses = []
-    for step in range(13):
-        torch.manual_seed(1)  # the same attack start every step
-        out = method.loss(model, x, y, ctx)
-        losses.append(out.loss.item())
-        if step == 12:
-            break
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=13)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.65 * losses[0], losses  # measured: 4.93 -> 2.46 (ratio 0.50)
 

@@ -11,11 +11,11 @@ import torch.nn.functional as F
 import methods.reat  # noqa: F401  (registers "reat"; ``import methods`` does too)
 from attacks import AttackSpec, ce_sum, pgd
 from benchmark.config import expand_grid
-from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.models import create_model
 from methods import TrainContext, create_method, describe_methods, get_method_class
 from methods.reat import effective_number_weights, tail_alignment, tail_mask
+from toys import fixed_batch_losses, mnist_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -282,17 +282,12 @@ def small_model():
     return create_model("small_cnn", 10, 1, width=0.5, drop_rate=0.0)
 
 
-def _mnist_batch(mnist5k, size, seed=0):
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(seed))[:size]
-    return to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]
-
-
 LT_COUNTS = [400, 311, 241, 187, 146, 113, 88, 68, 53, 41]
 
 
 def test_rbl_attack_follows_the_training_attack_on_weighted_ce_and_lands_where_plain_ce_does(small_model, mnist5k):
     model = small_model.train()
-    x, y = _mnist_batch(mnist5k, 48)
+    x, y = mnist_batch(mnist5k, 48)
     spec = AttackSpec("pgd", 0.1, 4, 0.025, "uniform")
     method, ctx = create_method("reat"), _ctx(LT_COUNTS, spec)
     method.load_state_dict({"predicted_last_epoch": [900, 0, 200, 150, 120, 90, 80, 30, 20, 10],
@@ -313,7 +308,7 @@ def test_rbl_attack_follows_the_training_attack_on_weighted_ce_and_lands_where_p
 
 
 def test_training_perturbation_stays_in_the_eps_ball_and_the_unit_box(small_model, mnist5k, monkeypatch):
-    x, y = _mnist_batch(mnist5k, 32)
+    x, y = mnist_batch(mnist5k, 32)
     eps = 0.1
     method, ctx = create_method("reat"), _ctx(LT_COUNTS, AttackSpec("pgd", eps, 5, eps / 2, "uniform"))
     used = []
@@ -346,20 +341,12 @@ def test_an_attack_that_cannot_take_the_weighted_loss_and_bad_options_are_usage_
 def test_twenty_sgd_steps_on_one_batch_lower_the_reat_loss(mnist5k):
     """64 seeded digits, a fresh narrow SmallCNN, SGD lr 0.05 momentum 0.9 with the gradient norm clipped
     to 1 (as the AT-BSL test: unclipped, one-batch adversarial SGD spikes), PGD-3 from the same start."""
-    x, y = _mnist_batch(mnist5k, 64)
+    x, y = mnist_batch(mnist5k, 64)
     torch.manual_seed(0)
     model = create_model("small_cnn", 10, 1, width=0.5, drop_rate=0.0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     method, ctx = create_method("reat"), _ctx(LT_COUNTS, AttackSpec("pgd", 0.1, 3, 0.05, "normal"))
-    losses = []
-    for _ in range(20):
-        torch.manual_seed(1)
-        out = method.loss(model.train(), x, y, ctx)
-        optimizer.zero_grad()
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(out.loss.item())
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=20, clip=1.0)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.75 * losses[0], losses  # measured: 2.48 -> 1.63 (0.66x); batch seeds 1-3: 0.61-0.69x
     assert sum(method.state_dict()["predicted_this_epoch"]) == 20 * 64  # every x_adv prediction counted

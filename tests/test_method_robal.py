@@ -17,6 +17,7 @@ from benchmark.models import create_model
 from benchmark.models.base import Classifier
 from methods import TrainContext, create_method, describe_methods, get_method_class, list_methods
 from methods.robal import CosineClassifier
+from toys import fixed_batch_losses, mnist_batch
 
 GAMMA = 1 / 32
 COUNTS = [100, 10, 1]  # log(n_c / n_min) = log 100, log 10, 0 and log π all non-zero
@@ -237,24 +238,14 @@ def test_inner_attack_stays_in_the_eps_ball_and_image_box_and_attacks_the_scale_
 
 @pytest.mark.parametrize("name", ["robal_n", "robal_r"])
 def test_twenty_sgd_steps_on_one_fixed_batch_lower_the_loss_clearly(name, mnist5k):
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(0))[:64]
-    x, y = to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]  # all ten classes (the split is class-sorted)
+    x, y = mnist_batch(mnist5k, 64)  # all ten classes (the split is class-sorted)
     torch.manual_seed(0)
     method = create_method(name)
     model = method.wrap_model(create_model("small_cnn", 10, 1, width=0.5, drop_rate=0.0)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     ctx = _ctx(AttackSpec("pgd", 0.1, 3, 0.025, "normal"), counts=[400, 310, 240, 185, 145, 110, 85, 65, 50, 40],
                num_classes=10)
-    losses = []
-    for step in range(21):
-        torch.manual_seed(1)  # the same attack start noise every step
-        out = method.loss(model, x, y, ctx)
-        losses.append(out.loss.item())
-        if step == 20:
-            break
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=21)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.75 * losses[0], losses  # measured: about 0.62 (N) and 0.65 (R) of the start
 

@@ -15,7 +15,7 @@ from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.models import create_model
 from methods import TrainContext, create_method, describe_methods, get_method_class
-from toys import B, W, ToyLinear as Linear
+from toys import B, W, ToyLinear as Linear, fixed_batch_losses, mnist_batch
 from toys import hand_logits as _hand_logits, hand_softmax as _hand_softmax, images as _images
 
 # The 3-class linear toy (W, B) of tests/toys.py: logits = W·vec(x) + b.
@@ -174,19 +174,11 @@ def test_trades_refuses_an_attack_without_a_random_start():
 def test_twenty_trades_steps_on_one_batch_lower_its_loss(clean_mnist_model, mnist5k):
     # A clean-trained (not robust) copy: its KL term is large, so the loss has room to fall. Plain SGD:
     # with momentum 0.9 an adversarial loss on one fixed batch overshoots within 20 steps.
-    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(0))[:64]
-    x, y = to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]
+    x, y = mnist_batch(mnist5k, 64)
     model = copy.deepcopy(clean_mnist_model).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     method, ctx = create_method("trades"), _ctx(AttackSpec("pgd", 0.1, 5, 0.025, "normal"))
-    losses = []
-    for _ in range(21):
-        torch.manual_seed(1)  # the same attack start every step
-        out = method.loss(model, x, y, ctx)
-        losses.append(out.loss.item())
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
+    losses = fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations=21)
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < 0.5 * losses[0], losses  # measured: 3.98 -> 0.75 (ratio 0.19)
 

@@ -57,3 +57,30 @@ eval_attacks:
   - {kind: pgd, steps: 3, step_size: eps/4, start: uniform}
 eval_per_class: 20
 """
+
+
+def mnist_batch(mnist5k, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` embedded training digits drawn with a seeded permutation (all ten classes for size ≥ 64)."""
+    idx = torch.randperm(len(mnist5k.y_train), generator=torch.Generator().manual_seed(seed))[:size]
+    from benchmark.data import to_float
+
+    return to_float(mnist5k.x_train[idx]), mnist5k.y_train[idx]
+
+
+def fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations: int, clip: float | None = None) -> list[float]:
+    """The method's loss on one fixed batch, ``evaluations`` times with an optimizer step between consecutive
+    ones (gradient norm clipped to ``clip`` if given). The attack's random start is reseeded before every loss,
+    so the loss can only fall because the model learns."""
+    losses = []
+    for step in range(evaluations):
+        torch.manual_seed(1)  # the same attack start every step
+        out = method.loss(model.train(), x, y, ctx)
+        losses.append(out.loss.item())
+        if step == evaluations - 1:
+            break
+        optimizer.zero_grad()
+        out.loss.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+    return losses
