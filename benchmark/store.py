@@ -43,16 +43,26 @@ Cell identity columns, on every row of both tables:
     attack, examples (test examples the attack ran on), accuracy, balanced (Balanced Robustness under an
     attack), worst_class_recall, worst_class, tail_mean (mean recall of the 'tail' or 'few' group),
     group_<name> for each group mean
+
+Per-example outcomes, for paired tests between methods: ``ResultStore.worst_case_outcomes(cell_key)``
+reads the cell's ``predictions.npz`` (``y``, ``eval_indices``, ``pred_<attack>``; -1 where an attack did not
+run) only when asked, once per cell, and returns :class:`Outcomes` (the test-set positions of the examples
+every attack of the worst case covered, their labels, and whether each stayed correct under clean input and
+every attack), or None with the reason in ``ResultStore.outcome_problems``. The worst case is taken over
+the attacks ``evaluation.attacks.worst_case.over`` names, and its per-class counts must equal the recorded
+``worst_case.per_class_correct``: predictions that do not match the metrics are refused, never used.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 
 from .metrics import WORST_CASE, WORST_CASE_ALL_EXAMPLES, class_groups
@@ -61,6 +71,7 @@ from .results import SCHEMA_VERSION
 STORE_SCHEMA_VERSION = 1
 METRICS_FILE = "metrics.json"
 LOG_FILE = "log.jsonl"
+PREDICTIONS_FILE = "predictions.npz"
 CLEAN = "clean"
 TAIL_GROUPS = ("tail", "few")  # names of the smallest-count group (10-class and 100-class conventions)
 # Config fields that do not change what is computed (where, and the seed the averaging runs over).
@@ -84,6 +95,14 @@ class BadCell(ValueError):
     """A metrics.json that is readable JSON but not a complete cell of the schema this store reads."""
 
 
+class Outcomes(NamedTuple):
+    """Per-example worst-case correctness of one cell, on the examples every attack of its worst case covered."""
+
+    ids: np.ndarray  # positions in the cell's test set (predictions.npz ``eval_indices``)
+    y: np.ndarray  # labels
+    correct: np.ndarray  # bool: correct under clean input and every attack
+
+
 @dataclass
 class ResultStore:
     root: Path
@@ -92,6 +111,8 @@ class ResultStore:
     metrics: dict[str, dict] = field(default_factory=dict)  # cell_key -> metrics.json as read
     paths: dict[str, Path] = field(default_factory=dict)  # cell_key -> cell folder
     skipped: list[Skipped] = field(default_factory=list)
+    outcome_problems: dict[str, str] = field(default_factory=dict)  # cell_key -> why it has no outcomes
+    _outcomes: dict[str, Outcomes | None] = field(default_factory=dict, repr=False)
 
     @property
     def empty(self) -> bool:
@@ -99,6 +120,18 @@ class ResultStore:
 
     def log(self, cell_key: str) -> list[dict]:
         return read_log(self.paths[cell_key] / LOG_FILE)
+
+    def worst_case_outcomes(self, cell_key: str) -> Outcomes | None:
+        """The cell's per-example worst-case outcomes (read once, on first use); None with the reason in
+        ``outcome_problems`` when predictions.npz is missing, unreadable or does not match metrics.json."""
+        if cell_key not in self._outcomes:
+            try:
+                self._outcomes[cell_key] = read_outcomes(self.paths[cell_key] / PREDICTIONS_FILE,
+                                                         self.metrics[cell_key])
+            except BadCell as err:
+                self._outcomes[cell_key] = None
+                self.outcome_problems[cell_key] = str(err)
+        return self._outcomes[cell_key]
 
 
 def load_results(root: str | Path) -> ResultStore:
@@ -147,6 +180,44 @@ def read_log(path: Path) -> list[dict]:
         if isinstance(entry, dict) and isinstance(entry.get("epoch"), int):
             by_epoch[entry["epoch"]] = entry
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_outcomes(path: Path, metrics: dict) -> Outcomes:
+    """Worst-case outcomes from one predictions.npz, checked against the cell's metrics (see the module
+    docstring); BadCell with the reason when they cannot be used."""
+    worst = (metrics.get("evaluation", {}).get("attacks") or {}).get(WORST_CASE)
+    if not isinstance(worst, dict):
+        raise BadCell("no worst case recorded (no attack evaluated)")
+    if not Path(path).exists():
+        raise BadCell(f"no {PREDICTIONS_FILE}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise BadCell(f"unreadable {PREDICTIONS_FILE}: {type(err).__name__}: {err}") from None
+    if "y" not in arrays:
+        raise BadCell(f"{PREDICTIONS_FILE} has no y")
+    y = np.asarray(arrays["y"]).astype(np.int64).ravel()
+    ids = np.asarray(arrays.get("eval_indices", np.arange(y.size))).astype(np.int64).ravel()
+    over = worst.get("over") or [k[len("pred_"):] for k in arrays if k.startswith("pred_")]
+    missing = [a for a in over if f"pred_{a}" not in arrays]
+    if missing:
+        raise BadCell(f"{PREDICTIONS_FILE} has no predictions for {', '.join(missing)}")
+    preds = [np.asarray(arrays[f"pred_{a}"]).astype(np.int64).ravel() for a in over]
+    if ids.size != y.size or any(p.size != y.size for p in preds) or np.unique(ids).size != ids.size:
+        raise BadCell(f"{PREDICTIONS_FILE}: y, eval_indices and predictions do not line up")
+    stacked = np.stack(preds)
+    covered = (stacked >= 0).all(axis=0)
+    correct = (stacked == y).all(axis=0)[covered]
+    expected = worst.get("per_class_correct")
+    n_classes = len(expected) if isinstance(expected, list) else int(y.max(initial=-1)) + 1
+    if y.size and (y.min() < 0 or y.max() >= n_classes):
+        raise BadCell(f"{PREDICTIONS_FILE}: labels outside the {n_classes} classes")
+    got = np.bincount(y[covered][correct], minlength=n_classes).tolist()
+    if expected is not None and got != expected:
+        raise BadCell(f"{PREDICTIONS_FILE} does not match metrics.json (worst-case correct per class {got}, "
+                      f"recorded {expected})")
+    return Outcomes(ids[covered], y[covered], correct)
 
 
 def _read_metrics(path: Path) -> dict:
@@ -285,5 +356,5 @@ def _attack_support(m: dict, support: list[int]) -> list[int]:
     return list(support)
 
 
-__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "load_results", "cells_frame", "read_log", "cell_info",
+__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE", "load_results", "cells_frame", "read_log", "cell_info",
            "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN"]

@@ -37,10 +37,14 @@ def longtail_counts(n_max: int, ir: float, classes: int = 10) -> list[int]:
 def make_cell(root: Path, method: str, ir: float, seed: int, *, preset: str | None = None,
               test_split: str = "balanced", device: str = "cpu", flags: tuple[str, ...] = (),
               per_class_monitor: bool = False, subset_attack: bool = False, selection: str = "final",
-              key: str | None = None) -> Path:
-    """Write one finished cell (metrics.json + log.jsonl) and return its folder. ``subset_attack`` adds an
-    AutoAttack run on 10 examples per class only (prediction -1 elsewhere), as the runner does on a CPU."""
-    metrics = template()
+              key: str | None = None, predictions: dict[str, np.ndarray] | None = None,
+              write_predictions: bool = True, attack_records: dict[str, dict] | None = None) -> Path:
+    """Write one finished cell (metrics.json, predictions.npz, log.jsonl) and return its folder.
+    ``subset_attack`` adds an AutoAttack run on 10 examples per class only (prediction -1 elsewhere), as the
+    runner does on a CPU. ``predictions`` (attack name -> one prediction per test example, clean included)
+    replaces the synthetic ones, keeping only their attack records; ``attack_records`` adds fields to
+    attack records (a label, a cascade); ``write_predictions=False`` leaves predictions.npz out, as older cells."""
+    given, metrics = predictions, template()
     records = metrics["evaluation"]["attack_records"]
     counts = longtail_counts(400, ir)
     rng = np.random.default_rng(zlib.crc32(f"{method}|{preset}|{ir}|{seed}|{test_split}".encode()))
@@ -62,6 +66,11 @@ def make_cell(root: Path, method: str, ir: float, seed: int, *, preset: str | No
         predictions["autoattack"] = autoattack
         records = {**records, "autoattack": {"seconds": 12.5, "max_linf": 0.1, "examples": int(covered.size), "spec": {
             "kind": "autoattack", "eps": 0.1, "version": "standard", "per_class": 10, "name": "autoattack"}}}
+    if given is not None:
+        predictions = {k: np.asarray(v) for k, v in given.items()}
+        records = {k: v for k, v in records.items() if k in predictions}
+    for name, extra in (attack_records or {}).items():
+        records = {**records, name: {**records.get(name, {}), **extra}}
     metrics["evaluation"] = {**summarize_evaluation(y, predictions, 10, counts), "attack_records": records}
     label = method if preset is None else f"{method}.{preset}"
     key = key or f"mnist5k-ir{ir:g}-{label}-small_cnn-s{seed}-{zlib.crc32(label.encode()) % 10**6:06d}"
@@ -82,6 +91,9 @@ def make_cell(root: Path, method: str, ir: float, seed: int, *, preset: str | No
     cell = Path(root) / key
     cell.mkdir(parents=True)
     (cell / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if write_predictions:  # as the runner writes it
+        np.savez(cell / "predictions.npz", y=y, eval_indices=np.arange(y.size),
+                 **{f"pred_{name}": pred for name, pred in predictions.items()})
     (cell / "log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in _log(rng, per_class_monitor)))
     return cell
 
