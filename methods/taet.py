@@ -73,6 +73,7 @@ class TAET(Method):
             "test_split": "longtail",
             "eval_attacks": [{"kind": "pgd", "steps": 20, "step_size": "1/255", "start": "uniform"}],
             "method_args": {"ce_fraction": 0.4},
+            "milestones": [0.75, 0.9],  # the notebook's MultiStepLR([75, 90]) of 100 epochs, not AT-BSL's
         },
     }
 
