@@ -17,8 +17,9 @@ def header(col) -> str:
 
 
 def to_frame(table: Table) -> pd.DataFrame:
-    """Numbers as they are (percent for recalls), with ``<column> std`` and ``<column> ci95 low/high``
-    beside any column that has them."""
+    """Numbers as they are (percent for recalls), with ``<column> std``, ``<column> ci95 low/high`` and
+    ``<column> <key>`` for each of a cell's ``export`` fields (a paired test's name, n, b, c) beside any
+    column that has them."""
     data: dict[str, list] = {}
     for j, col in enumerate(table.columns):
         cells = [row[j] for row in table.rows]
@@ -28,6 +29,8 @@ def to_frame(table: Table) -> pd.DataFrame:
         if any(c.interval is not None for c in cells):
             data[f"{header(col)} ci95 low"] = [c.interval[0] if c.interval else None for c in cells]
             data[f"{header(col)} ci95 high"] = [c.interval[1] if c.interval else None for c in cells]
+        for key in dict.fromkeys(k for c in cells for k in c.export):  # test name, n, ... (see Cell.export)
+            data[f"{header(col)} {key}"] = [c.export.get(key) for c in cells]
     return pd.DataFrame(data, columns=list(data))
 
 

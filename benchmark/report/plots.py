@@ -43,8 +43,9 @@ def _save(fig, path: Path, tight: bool = True) -> Path:
 
 
 def per_class_bars(classes: pd.DataFrame, labels: dict[str, str], attack: str, path: Path,
-                   colors: dict[str, str] | None = None) -> Path:
-    """Per-class recall under ``attack`` (mean over seeds), one bar per setting, classes in index order."""
+                   colors: dict[str, str] | None = None, attack_name: str | None = None) -> Path:
+    """Per-class recall under ``attack`` (mean over seeds), one bar per setting, classes in index order;
+    ``attack_name`` is the attack's label (default: from its key)."""
     frame = classes[classes["attack"] == attack]
     names = frame.drop_duplicates("class_index").sort_values("class_index")["class_name"].tolist()
     settings = list(labels)
@@ -60,7 +61,7 @@ def per_class_bars(classes: pd.DataFrame, labels: dict[str, str], attack: str, p
                    color=_color(colors, labels[setting]))
         ax.set_xticks(x, names, rotation=90 if len(names) > 12 else 0)
         ax.set_ylim(0, 100)
-        ax.set_ylabel(f"recall under {attack_label(attack)} (%)")
+        ax.set_ylabel(f"recall under {attack_name or attack_label(attack)} (%)")
         ax.set_xlabel("class (index order; training counts fall to the right)")
         ax.legend(ncol=min(4, max(1, len(settings))), loc="lower right", bbox_to_anchor=(1.0, 1.0))
         return _save(fig, path)

@@ -21,9 +21,10 @@ from ..errors import UsageError
 from ..store import STORE_SCHEMA_VERSION, ResultStore, load_results
 from . import plots
 from .exports import write_exports
-from .tables import (Group, Table, attack_label, attack_specs, attacks_in, cell_class_table, confusion_table,
-                     default_attack, describe_spec, groups_of, key_value_table, leaderboard,
-                     load_reference, per_class_table, reference_differences, reference_table, setting_rows, slugify)
+from .tables import (Group, Table, attack_label, attack_labels, attack_specs, attacks_in, cascade_table,
+                     cell_class_table, confusion_table, default_attack, describe_spec, groups_of, key_value_table,
+                     leaderboard, load_reference, per_class_table, record_labels, reference_differences,
+                     reference_table, setting_rows, slugify)
 
 MANIFEST = "report.json"  # marks a folder as a report this tool may replace
 GENERATOR = "tailrobust report"
@@ -113,7 +114,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
-    env.filters["attack_label"] = attack_label
+    env.filters["attack_label"] = attack_label  # name | attack_label(labels)
     env.filters["describe_spec"] = describe_spec
     return env
 
@@ -199,14 +200,16 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
     rows = setting_rows(cells)
     labels = {r.setting: r.label for r in rows}
     chosen = attack if attack is not None else default_attack(attacks_in(cells), specs)
+    chosen_label = attack_label(chosen, attack_labels(store, list(dict.fromkeys(cells["cell_key"])))) \
+        if chosen else None
     board = leaderboard(store, group, pages)
     per_class = per_class_table(store, group, chosen, tail_only, rows)
     figures = []
     if chosen:
         path = plots.per_class_bars(group.select(store.classes), labels, chosen,
-                                    site.img(f"{group.slug}-per-class-{slugify(chosen)}.png"), colors)
+                                    site.img(f"{group.slug}-per-class-{slugify(chosen)}.png"), colors, chosen_label)
         figures.append({"src": f"img/{path.name}",
-                        "caption": f"Per-class recall under {attack_label(chosen)} (mean over seeds)."})
+                        "caption": f"Per-class recall under {chosen_label} (mean over seeds)."})
     path = plots.clean_vs_robust(cells, labels, site.img(f"{group.slug}-clean-vs-robust.png"), colors)
     figures.append({"src": f"img/{path.name}", "caption": "Balanced accuracy (clean) against Balanced Robustness "
                                                          "under the worst case, one point per seed."})
@@ -217,6 +220,7 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
                     "caption": f"Training images per class ({first['data'].get('train_size', '?')} in all)."})
     return {"group": group, "anchor": group.slug, "leaderboard": board, "leaderboard_exports": site.export(board),
             "per_class": per_class, "per_class_exports": site.export(per_class), "attack": chosen,
+            "attack_label": chosen_label,
             "reference_full": False, "figures": figures,
             "differences": reference_differences(reference, store, group, chosen, tail_only)}
 
@@ -244,6 +248,7 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
     names = [str(c) for c in metrics["data"]["classes"]]
     attacks = list(metrics["evaluation"]["attacks"])
     chosen = attack if attack in attacks else default_attack(attacks, specs) or "clean"
+    labels = record_labels(metrics["evaluation"].get("attack_records"))
     class_table = cell_class_table(store, key, slug)
     log = store.log(key)
     figures = []
@@ -258,7 +263,7 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
     confusion, confusion_img = None, None
     matrix = metrics["evaluation"]["attacks"].get(chosen, {}).get("confusion_matrix")
     if matrix and len(names) > HTML_CONFUSION_MAX_CLASSES:
-        path = plots.confusion_heatmap(matrix, names, f"confusion under {attack_label(chosen)}",
+        path = plots.confusion_heatmap(matrix, names, f"confusion under {attack_label(chosen, labels)}",
                                        site.img(f"cell-{slug}-confusion.png"))
         confusion_img = f"../img/{path.name}"
     elif matrix:
@@ -267,10 +272,14 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
               "cost": key_value_table(f"cell-{slug}-cost", "Cost", metrics.get("cost") or {}),
               "audit": key_value_table(f"cell-{slug}-audit", "Audit",
                                        {k: v for k, v in (metrics.get("audit") or {}).items() if k != "flags"})}
+    cascades = [t for t in (cascade_table(metrics, name, f"cell-{slug}")
+                            for name in (metrics["evaluation"].get("attack_records") or {})) if t is not None]
     exports = {name: site.export(t, prefix="../") for name, t in tables.items() if t is not None}
+    cascades = [(t, site.export(t, prefix="../")) for t in cascades]
     extra = {k: metrics[k] for k in ("model_selection",) if k in metrics}
     context = {"title": f"cell {key}", "key": key, "metrics": metrics, "tables": tables, "exports": exports,
-               "figures": figures, "confusion_img": confusion_img, "attack": chosen,
+               "figures": figures, "confusion_img": confusion_img, "attack": chosen, "labels": labels,
+               "cascades": cascades,
                "flags": (metrics.get("audit") or {}).get("flags") or [],
                "config_yaml": yaml.safe_dump(metrics.get("config") or {}, sort_keys=False),
                "extra_yaml": yaml.safe_dump(extra, sort_keys=False) if extra else None,

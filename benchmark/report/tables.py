@@ -3,7 +3,14 @@ the builders for leaderboards, per-class tables in the TAET poster's style, the 
 block and the per-cell tables.
 
 Numbers go in as fractions in [0, 1] from the results store and come out as percentages with two
-decimals, as the long-tail papers print them. Seeds of one setting are averaged (mean ± sample std, n).
+decimals, as the long-tail papers print them. Seeds of one setting are averaged (mean ± sample std, n,
+and a 95% Student-t interval over seeds); leaderboard rows are compared by the paired tests of
+``significance`` (exact McNemar and a class-stratified paired bootstrap of the BR difference) and grouped
+into rank bands.
+
+Attacks are named by the ``label`` their records carry (``evaluation.attack_records.<name>.label``,
+e.g. "AutoAttack", "AutoAttack (torchattacks)", "APGD-CE (10 it., reduced)"); cells without one get a
+label from the attack's spec (AutoAttack kinds) or its name (pgd20 -> PGD-20).
 """
 from __future__ import annotations
 
@@ -19,12 +26,14 @@ import pandas as pd
 import yaml
 
 from ..store import CLEAN, WORST_CASE, WORST_CASE_ALL_EXAMPLES, ResultStore, tail_classes
+from . import significance as sig
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 REFERENCE_FILE = Path(__file__).with_name("taet_poster.yaml")
 GROUP_KEYS = ["dataset", "imbalance_ratio", "norm", "eps", "test_split"]
 SUMMARIES = (WORST_CASE_ALL_EXAMPLES, WORST_CASE)  # derived from the attacks, listed after them
 NORM_LABELS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
+PAIRED_GROUP = "Paired tests (worst case)"  # header above the columns comparing a row with others
 
 
 # ----------------------------------------------------------------------------- the model
@@ -44,7 +53,7 @@ class Cell:
     text: str = "—"
     value: float | str | None = None  # what CSV exports and the sort use (percent for recalls)
     std: float | None = None  # over seeds, same unit as value
-    interval: tuple[float, float] | None = None  # 95% Wilson interval, same unit as value
+    interval: tuple[float, float] | None = None  # 95% interval (Wilson, t over seeds, bootstrap), unit of value
     mark: str = ""  # "best" (bold) or "second" (underlined)
     title: str = ""  # hover text
     href: str | None = None
@@ -53,6 +62,7 @@ class Cell:
     badge: str = ""  # a warning shown beside the text (audit flags), its details in badge_title
     badge_title: str = ""
     tag: str = ""  # a label shown beside the text (model selection other than the final epoch)
+    export: dict[str, Any] = field(default_factory=dict)  # extra CSV columns "<column> <key>" (test name, n, ...)
 
 
 @dataclass
@@ -100,8 +110,11 @@ def slugify(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-.") or "x"
 
 
-def attack_label(name: str) -> str:
-    """A reader's name for an attack key: pgd20 -> PGD-20, worst_case -> Worst case; others as stored."""
+def attack_label(name: str, labels: dict[str, str] | None = None) -> str:
+    """A reader's name for an attack key: its records' label where ``labels`` (from ``attack_labels``) has
+    one, else pgd20 -> PGD-20, worst_case -> Worst case; others as stored."""
+    if labels and labels.get(name):
+        return labels[name]
     fixed = {CLEAN: "Clean", WORST_CASE: "Worst case", WORST_CASE_ALL_EXAMPLES: "Worst case (all examples)",
              "fgsm": "FGSM", "autoattack": "AutoAttack", "aa": "AutoAttack"}
     if name in fixed:
@@ -110,13 +123,58 @@ def attack_label(name: str) -> str:
     return f"{match.group(1).upper()}-{match.group(2)}" if match else name
 
 
-def describe_spec(spec: dict | None) -> str:
-    """One line for an attack spec: what a hover over its column says."""
+AUTOATTACK_KINDS = ("autoattack", "torchattacks_autoattack", "reference_autoattack")
+AUTOATTACK_ITERATIONS = 100  # the reference's APGD/FAB iterations; fewer is a reduced run
+
+
+def spec_label(spec: dict | None) -> str | None:
+    """A label from an AutoAttack spec, for cells whose records carry no ``label``: "AutoAttack" only for the
+    standard version at the reference's iterations (steps 0 in older specs meant those), otherwise what ran
+    ("APGD-CE", "... (10 it., reduced)"); None for other kinds (their name gives the label)."""
+    if not spec or spec.get("kind") not in AUTOATTACK_KINDS:
+        return None
+    version, steps = str(spec.get("version") or "standard"), int(spec.get("steps") or 0)
+    base = {"standard": "AutoAttack", "apgd-ce": "APGD-CE"}.get(version, f"AutoAttack-{version}")
+    if spec["kind"] == "torchattacks_autoattack":
+        base += " (torchattacks)"
+    if 0 < steps < AUTOATTACK_ITERATIONS:
+        base += f" ({steps} it., reduced)"
+    return base
+
+
+def record_labels(records: dict | None) -> dict[str, str]:
+    """attack name -> label of one cell's attack records: the ``label`` field, else ``spec_label``."""
+    out = {}
+    for name, record in (records or {}).items():
+        if not isinstance(record, dict):
+            continue
+        label = record.get("label") if isinstance(record.get("label"), str) and record.get("label") else None
+        label = label or spec_label(record.get("spec") if isinstance(record.get("spec"), dict) else None)
+        if label:
+            out[name] = label
+    return out
+
+
+def attack_labels(store: ResultStore, keys=None) -> dict[str, str]:
+    """attack name -> label over the cells ``keys`` (default: all); a name labelled differently by different
+    cells gets its labels joined with " / ", so no cell's attack is named after another's."""
+    seen: dict[str, list[str]] = {}
+    for key in (store.metrics if keys is None else keys):
+        records = store.metrics[key].get("evaluation", {}).get("attack_records")
+        for name, label in record_labels(records).items():
+            if label not in seen.setdefault(name, []):
+                seen[name].append(label)
+    return {name: " / ".join(labels) for name, labels in seen.items()}
+
+
+def describe_spec(spec: dict | None, label: str | None = None) -> str:
+    """One line for an attack spec: what a hover over its column says. With ``label`` the line starts with
+    it instead of the spec's kind (so a reduced stand-in is not described as "autoattack")."""
     if not spec:
-        return ""
+        return label or ""
     kind = str(spec.get("kind", "?"))
-    iterative = kind not in ("fgsm", "autoattack")
-    parts = [kind + (f" {spec['version']}" if spec.get("version") and kind == "autoattack" else "")]
+    iterative = kind not in ("fgsm",) + AUTOATTACK_KINDS
+    parts = [label or kind + (f" {spec['version']}" if spec.get("version") and kind in AUTOATTACK_KINDS else "")]
     if spec.get("steps") and iterative:
         parts.append(f"{spec['steps']} steps")
     if spec.get("step_size") and iterative:
@@ -146,19 +204,21 @@ def mark_best(values: list[float | None], digits: int = 2) -> list[str]:
 
 
 def _mean_std(values) -> tuple[float, float | None, int]:
-    arr = np.asarray([v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))],
-                     dtype=float)
-    if not arr.size:
-        return math.nan, None, 0
-    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None), int(arr.size)
+    stats = sig.seed_stats(list(values))
+    return stats.mean, stats.std, stats.n
 
 
 def _pct_cell(values, title: str = "") -> Cell:
-    mean, std, n = _mean_std(values)
-    if not n:
+    """Mean ± sample std over seeds (percent), with the 95% t-interval over seeds on hover and in exports."""
+    stats = sig.seed_stats(list(values))
+    if not stats.n:
         return Cell(title=title or "not evaluated")
-    text = pct(mean) if std is None else f"{pct(mean)} ± {pct(std)}"
-    return Cell(text=text, value=100 * mean, std=None if std is None else 100 * std, title=title)
+    text = pct(stats.mean) if stats.std is None else f"{pct(stats.mean)} ± {pct(stats.std)}"
+    interval = None if stats.interval is None else (100 * stats.interval[0], 100 * stats.interval[1])
+    hover = (f"mean ± std over n = {stats.n} seeds; 95% t-interval over seeds {interval[0]:.2f}–{interval[1]:.2f}"
+             if interval else "one seed: no interval over seeds")
+    return Cell(text=text, value=100 * stats.mean, std=None if stats.std is None else 100 * stats.std,
+                interval=interval, title=f"{title}\n{hover}" if title else hover)
 
 
 # ----------------------------------------------------------------------------- groups
@@ -259,20 +319,41 @@ def _seed_key(series: pd.Series) -> pd.Series:
 
 
 def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) -> Table:
-    """Method × (clean, balanced, BR per attack, BR worst case, worst class, tail, n, cost, audit flags)."""
+    """Method × (rank band, clean, balanced, BR per attack, BR worst case with its 95% interval over seeds,
+    paired tests against the row above and the leader, worst class, tail, n, cost, audit flags)."""
     cells = group.select(store.cells)
     specs = attack_specs(store)
+    labels = attack_labels(store, list(dict.fromkeys(cells["cell_key"])))
     attacks = [a for a in attacks_in(cells) if a != CLEAN]
     rows = setting_rows(cells)
+    tests = paired_tests(store, rows)
+    bands = sig.rank_bands([above for above, _ in tests])
     tail_name = next((g for g in ("tail", "few") if f"group_{g}" in cells and cells[f"group_{g}"].notna().any()),
                      "tail")
     columns = [Column("rank", "#", numeric=True, descending_first=False, title="rank by BR under the worst case"),
+               Column("band", "Band", numeric=True, descending_first=False,
+                      title="rank band: a row shares the band of the row above unless the exact McNemar test "
+                            "finds them different at 5%"),
                Column("method", "Method", numeric=False), Column("model", "Model", numeric=False),
                Column("seeds", "Seeds", title="training seeds averaged (mean ± sample std)"),
                Column("clean_acc", "Clean acc.", title="plain accuracy on clean test inputs (%)"),
                Column("balanced_acc", "Balanced acc.", title="mean clean recall over classes (%)")]
-    columns += [Column(f"br_{a}", attack_label(a), group="Balanced Robustness (%)",
-                       title=_attack_title(a, specs)) for a in attacks]
+    columns += [Column(f"br_{a}", attack_label(a, labels), group="Balanced Robustness (%)",
+                       title=_attack_title(a, specs, labels)) for a in attacks]
+    columns += [Column("br_ci", "Worst case 95% CI", group="Balanced Robustness (%)", numeric=False,
+                       title="95% Student-t interval over training seeds of BR under the worst case "
+                             "(none with one seed)"),
+                Column("vs_above_diff", "Δ BR vs above", group=PAIRED_GROUP,
+                       title="BR difference from the row above (points), [95% class-stratified paired bootstrap "
+                             f"interval, {sig.N_RESAMPLES} resamples]"),
+                Column("vs_above_p", "p vs above", group=PAIRED_GROUP,
+                       descending_first=False, title="exact McNemar p-value against the row above; n: (seed, "
+                                                     "example) pairs; ≈ n.s.: not significant at 5%"),
+                Column("vs_leader_diff", "Δ BR vs leader", group=PAIRED_GROUP,
+                       title="BR difference from the leader (points), [95% class-stratified paired bootstrap "
+                             "interval]"),
+                Column("vs_leader_p", "p vs leader", group=PAIRED_GROUP,
+                       descending_first=False, title="exact McNemar p-value against the leader")]
     columns += [Column("worst_class", "Worst class", title="lowest per-class recall under the worst case (%)"),
                 Column("tail", f"{tail_name.capitalize()} mean",
                        title=f"mean recall of the {tail_name} classes (by training count) under the worst case (%)"),
@@ -295,8 +376,10 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
         subsets = sorted({(a, int(n)) for a, n in zip(sub["attack"], sub["examples"])
                           if a not in SUMMARIES and pd.notna(n) and examples and int(n) < examples[-1]})
         selection = sorted({str(v) for v in first["selection"].dropna()} - {"final epoch"})
+        above, leader = tests[rank - 1]
         cells_row = [
             Cell(str(rank), rank),
+            _band_cell(bands[rank - 1], above),
             Cell(row.label, row.label, links=[(f"s{s}", cell_pages[k]) for s, k in zip(row.seeds, row.cell_keys)
                                              if k in cell_pages], title=f"setting {row.setting}",
                  badge=f"⚠ {len(flags)}" if flags else "", badge_title="audit flags:\n" + "\n".join(flags),
@@ -308,12 +391,14 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
         ]
         cells_row += [_pct_cell(by[a]["balanced"].tolist()) if a in by else Cell(title="not evaluated")
                       for a in attacks]
+        cells_row += [_interval_cell(robust["balanced"].tolist()), _diff_cell(above), _p_cell(above),
+                      _diff_cell(leader), _p_cell(leader)]
         worst_classes = [_class_name(store, k, c) for k, c in zip(robust["cell_key"], robust["worst_class"])]
         cells_row += [
             _pct_cell(robust["worst_class_recall"].tolist(),
                       title=f"worst class per seed: {', '.join(worst_classes)}" if worst_classes else ""),
             _pct_cell(robust["tail_mean"].tolist()),
-            Cell(" / ".join(map(str, examples)) + "".join(f" ({attack_label(a)} on {n})" for a, n in subsets)
+            Cell(" / ".join(map(str, examples)) + "".join(f" ({attack_label(a, labels)} on {n})" for a, n in subsets)
                  if examples else "—", examples[0] if len(examples) == 1 else None,
                  title="test examples; an attack limited to a class-stratified subset is scored on it"
                  if subsets else ""),
@@ -323,7 +408,7 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                  title="\n".join(flags)),
         ]
         body.append(cells_row)
-    notes = group_notes(store, group)
+    notes = group_notes(store, group) + significance_notes(rows, tests)
     for row in rows:
         sub = cells[(cells["setting"] == row.setting)].drop_duplicates("cell_key")
         notes += [f"{row.label} (seed {seed}): audit flag: {flag}"
@@ -336,12 +421,127 @@ def _class_name(store: ResultStore, cell_key: str, index) -> str:
     return str(names[int(index)]) if isinstance(index, numbers.Real) and not math.isnan(index) else "—"
 
 
-def _attack_title(attack: str, specs: dict[str, dict]) -> str:
+def _attack_title(attack: str, specs: dict[str, dict], labels: dict[str, str] | None = None) -> str:
     if attack == WORST_CASE:
         return "per-example worst case over clean input and every attack of the cell, on the examples all ran on"
     if attack == WORST_CASE_ALL_EXAMPLES:
         return "per-example worst case over clean input and the attacks that ran on every example"
-    return describe_spec(specs.get(attack)) or attack
+    return describe_spec(specs.get(attack), (labels or {}).get(attack)) or attack
+
+
+# ----------------------------------------------------------------------------- paired tests between rows
+
+def row_outcomes(store: ResultStore, row: Row) -> tuple[dict, list[str]]:
+    """training seed -> worst-case outcomes of the row's first cell with that seed, and the cells that have
+    none (no predictions.npz, or one that does not match metrics.json) with the reason."""
+    per_seed, problems = {}, []
+    for seed, key in zip(row.seeds, row.cell_keys):
+        if seed in per_seed:
+            continue
+        outcomes = store.worst_case_outcomes(key)
+        if outcomes is None:
+            problems.append(f"{key}: {store.outcome_problems.get(key, 'no outcomes')}")
+        else:
+            per_seed[seed] = outcomes
+    return per_seed, problems
+
+
+def paired_tests(store: ResultStore, rows: list[Row]) -> list[tuple]:
+    """(against the row above, against the leader) per ranked row; (None, None) for the leader. Predictions
+    are read only here, one cell at a time, and only for leaderboard rows."""
+    outcomes = [row_outcomes(store, r) for r in rows]
+
+    def pair(i: int, j: int):
+        (mine, my_problems), (theirs, their_problems) = outcomes[i], outcomes[j]
+        if not mine or not theirs:
+            return sig.Untested("no per-example predictions: " + "; ".join(my_problems + their_problems))
+        return sig.compare(mine, theirs)
+
+    out: list[tuple] = []
+    for i in range(len(rows)):
+        if i == 0:
+            out.append((None, None))
+            continue
+        above = pair(i, i - 1)
+        out.append((above, above if i == 1 else pair(i, 0)))
+    return out
+
+
+def significance_notes(rows: list[Row], tests: list[tuple]) -> list[str]:
+    """The legend of the band and paired-test columns, and what the intervals cover."""
+    if not rows:
+        return []
+    notes = []
+    if len(rows) > 1:
+        notes.append(
+            "Band: a row shares the band of the row above when their difference is not significant at 5% "
+            "(exact two-sided McNemar test on per-example correctness under the worst case, on the same test "
+            "examples and training seeds; marked ≈ n.s.); bands chain, so see p vs leader for the gap to the top. "
+            f"Δ BR: this row minus the other, in points, with a 95% interval from {sig.N_RESAMPLES} paired "
+            "bootstrap resamples of the test examples within each class (Balanced Robustness is what is "
+            "resampled); n: the (seed, example) pairs tested; † marks a pair where the bootstrap interval and "
+            "McNemar disagree.")
+    single = [r.label for r in rows if len(dict.fromkeys(r.seeds)) == 1]
+    if len(single) == len(rows):
+        notes.append("One training seed per row: the paired tests cover test-set sampling only, not training "
+                     "variance (seed to seed), and there is no interval over seeds.")
+    elif single:
+        notes.append(f"One training seed for {', '.join(single)}: for these rows only test-set sampling is covered, "
+                     "not training variance. Elsewhere the 95% CI is a Student-t interval over seeds (training "
+                     "variance); the paired tests hold the trained models fixed (test-set sampling).")
+    else:
+        notes.append("95% CI: Student-t interval over training seeds (training variance); the paired tests hold "
+                     "the trained models fixed and cover test-set sampling.")
+    reasons = sorted({t.reason for pair in tests for t in pair if t is not None and not t.tested})
+    notes += [f"No paired test: {reason}." for reason in reasons]
+    return notes
+
+
+def _band_cell(band: int, above) -> Cell:
+    if above is None:
+        return Cell(str(band), band, title="the leader's band")
+    if above.tested and not above.significant:
+        return Cell(f"{band} ≈", band, title=f"same band as the row above: not significantly different at 5% "
+                                             f"(McNemar p = {sig.format_p(above.p)})")
+    why = (f"significantly different from the row above (McNemar p = {sig.format_p(above.p)})" if above.tested
+           else f"no paired test with the row above ({above.reason}): not shown to be tied")
+    return Cell(str(band), band, title=f"new band: {why}")
+
+
+def _interval_cell(values) -> Cell:
+    stats = sig.seed_stats(list(values))
+    if stats.interval is None:
+        why = "one seed: no interval over seeds (only test-set sampling is covered, by the paired tests)" \
+            if stats.n == 1 else "not evaluated"
+        return Cell("—", None, title=why, export={"n seeds": stats.n or None})
+    low, high = 100 * stats.interval[0], 100 * stats.interval[1]
+    return Cell(f"{low:.2f}–{high:.2f}", f"{low:.2f}–{high:.2f}",
+                title=f"95% Student-t interval over n = {stats.n} seeds ({stats.n - 1} degrees of freedom)",
+                export={"n seeds": stats.n, "interval": "Student-t 95% over seeds"})
+
+
+def _diff_cell(comp) -> Cell:
+    if comp is None:
+        return Cell("—", None, title="the leader")
+    if not comp.tested:
+        return Cell("—", None, title=f"no paired test: {comp.reason}", export={"interval": None})
+    low, high = 100 * comp.interval[0], 100 * comp.interval[1]
+    return Cell(f"{100 * comp.diff:+.2f} [{low:+.2f}, {high:+.2f}]", 100 * comp.diff, interval=(low, high),
+                title=comp.describe(), export={"interval": sig.BOOTSTRAP, "excludes 0": comp.interval_excludes_zero,
+                                               "n examples": comp.examples, "n seeds": len(comp.seeds)})
+
+
+def _p_cell(comp) -> Cell:
+    if comp is None:
+        return Cell("—", None, title="the leader")
+    if not comp.tested:
+        return Cell("no test", None, title=f"no paired test: {comp.reason}",
+                    export={"test": None, "n": None, "significant 5%": None})
+    text = sig.format_p(comp.p) + ("" if comp.significant else " ≈ n.s.") + f" (n {comp.pairs})"
+    text += "" if comp.tests_agree else " †"
+    return Cell(text, comp.p, title=comp.describe(),
+                export={"test": sig.MCNEMAR, "n": comp.pairs, "b": comp.b, "c": comp.c,
+                        "significant 5%": comp.significant})
 
 
 def group_notes(store: ResultStore, group: Group) -> list[str]:
@@ -391,8 +591,10 @@ def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_o
     Each cell is the mean recall over seeds; its hover shows the pooled counts and a 95% Wilson interval."""
     frame = group.select(store.classes)
     rows = rows if rows is not None else setting_rows(group.select(store.cells))
-    classes = selected_classes(store, [k for r in rows for k in r.cell_keys], tail_only)
-    parts = [(CLEAN, "Clean")] + ([(attack, f"Attacked ({attack_label(attack)})")] if attack else [])
+    keys = [k for r in rows for k in r.cell_keys]
+    classes = selected_classes(store, keys, tail_only)
+    parts = [(CLEAN, "Clean")] + ([(attack, f"Attacked ({attack_label(attack, attack_labels(store, keys))})")]
+                                  if attack else [])
     columns = [Column("method", "Method", numeric=False), Column("model", "Model", numeric=False),
                Column("seeds", "Seeds")]
     columns += [Column(f"{a}_{c}", name, group=label) for a, label in parts for c, name in classes]
@@ -494,7 +696,9 @@ def reference_differences(reference: dict, store: ResultStore, group: Group, att
     step = float(eval_fraction(want["step_size"]))
     if not attack or spec.get("kind") != want["kind"] or spec.get("steps") != want["steps"] or \
             not math.isclose(float(spec.get("step_size") or 0), step, rel_tol=1e-3):
-        out.append(f"attack {attack_label(attack) if attack else 'none'} ({describe_spec(spec) or 'no spec'}) here, "
+        label = attack_labels(store, list(dict.fromkeys(cells["cell_key"]))).get(attack or "")
+        out.append(f"attack {attack_label(attack, {attack: label}) if attack else 'none'} "
+                   f"({describe_spec(spec, label) or 'no spec'}) here, "
                    f"{setting['attack_label']} step {want['step_size']} in the paper")
     if not math.isclose(group.eps, float(setting["eps"]), rel_tol=1e-3):
         out.append(f"ε {group.eps_label} here, {setting['eps']} in the paper")
@@ -516,12 +720,15 @@ def eval_fraction(text: Any) -> float:
 def cell_class_table(store: ResultStore, cell_key: str, slug: str | None = None) -> Table:
     """One row per class: training count, test support, group, then recall (%) under every attack."""
     frame = store.classes[store.classes["cell_key"] == cell_key]
-    specs = attack_specs(store)
+    records = store.metrics[cell_key].get("evaluation", {}).get("attack_records") or {}
+    specs = {name: r["spec"] for name, r in records.items() if isinstance(r, dict) and isinstance(r.get("spec"), dict)}
+    labels = attack_labels(store, [cell_key])
     attacks = attacks_in(frame)
     first = frame[frame["attack"] == attacks[0]].sort_values("class_index")
     columns = [Column("class", "Class", numeric=False), Column("train_count", "Train count"),
                Column("test_support", "Test support"), Column("group", "Group", numeric=False)]
-    columns += [Column(a, attack_label(a), group="Recall (%)", title=describe_spec(specs.get(a))) for a in attacks]
+    columns += [Column(a, attack_label(a, labels), group="Recall (%)", title=describe_spec(specs.get(a), labels.get(a)))
+                for a in attacks]
     body = []
     for r in first.itertuples():
         line = [Cell(r.class_name, r.class_name), Cell(str(r.train_count), r.train_count),
@@ -548,9 +755,9 @@ def confusion_table(store: ResultStore, cell_key: str, attack: str, slug: str | 
     if not matrix:
         return None
     names = [str(c) for c in metrics["data"]["classes"]]
+    label = attack_label(attack, attack_labels(store, [cell_key]))
     columns = [Column("true", "true \\ predicted", numeric=False)]
-    columns += [Column(f"pred_{j}", name, group=f"Predicted under {attack_label(attack)}") for j, name in
-                enumerate(names)]
+    columns += [Column(f"pred_{j}", name, group=f"Predicted under {label}") for j, name in enumerate(names)]
     body = []
     for i, counts in enumerate(matrix):
         total = sum(counts) or 1
@@ -558,8 +765,45 @@ def confusion_table(store: ResultStore, cell_key: str, attack: str, slug: str | 
             Cell(str(v), v, heat=v / total, title=f"true {names[i]}, predicted {names[j]}: {v} of {sum(counts)}")
             for j, v in enumerate(counts)])
     return Table(f"cell-{slug or slugify(cell_key)}-confusion-{slugify(attack)}",
-                 f"Confusion matrix under {attack_label(attack)}", columns, body,
+                 f"Confusion matrix under {label}", columns, body,
                  ["Rows: true class; columns: predicted class; shade: share of the row."])
+
+
+def cascade_table(metrics: dict, attack: str, slug: str) -> Table | None:
+    """AutoAttack's survivor cascade of one attack record (``cascade``: stages, robust_per_class per stage,
+    examples_per_class): robust examples per class after each stage, their total and share. None when the
+    record has no cascade or a malformed one (wrong lengths)."""
+    record = (metrics.get("evaluation", {}).get("attack_records") or {}).get(attack) or {}
+    cascade = record.get("cascade") if isinstance(record, dict) else None
+    if not isinstance(cascade, dict):
+        return None
+    stages, robust, examples = cascade.get("stages"), cascade.get("robust_per_class"), cascade.get(
+        "examples_per_class")
+    names = [str(c) for c in metrics["data"]["classes"]]
+    if not (isinstance(stages, list) and isinstance(robust, list) and isinstance(examples, list)
+            and len(stages) == len(robust) and len(examples) == len(names)
+            and all(isinstance(r, list) and len(r) == len(names) for r in robust)):
+        return None
+    total = sum(int(e) for e in examples)
+    columns = [Column("stage", "After stage", numeric=False)]
+    columns += [Column(f"class_{j}", name, group="Robust examples per class") for j, name in enumerate(names)]
+    columns += [Column("total", "Total"), Column("share", "Robust (%)")]
+    body = [[Cell("examples", "examples", title="examples per class the cascade ran on")]
+            + [Cell(str(e), int(e)) for e in examples] + [Cell(str(total), total), Cell("", None)]]
+    for stage, counts in zip(stages, robust):
+        robust_total = sum(int(v) for v in counts)
+        body.append([Cell(str(stage), str(stage))]
+                    + [Cell(str(v), int(v), title=f"{names[j]}: {v} of {examples[j]} still robust after {stage}")
+                       for j, v in enumerate(counts)]
+                    + [Cell(str(robust_total), robust_total),
+                       Cell(pct(robust_total / total) if total else "—", 100 * robust_total / total if total else None)])
+    label = attack_label(attack, record_labels({attack: record}))
+    notes = [f"{label}: examples still correctly classified after each stage of the cascade (each stage attacks "
+             "only the survivors of the stages before it, so the counts never increase); the last row is the "
+             "attack's robust count."]
+    if any(int(b) > int(a) for before, after in zip(robust, robust[1:]) for a, b in zip(before, after)):
+        notes.append("Warning: some count increases from one stage to the next; a cascade should never do that.")
+    return Table(f"{slug}-cascade-{slugify(attack)}", f"Cascade of {label}", columns, body, notes)
 
 
 def key_value_table(slug: str, title: str, record: dict) -> Table:
