@@ -368,3 +368,68 @@ def test_cli_writes_index_and_prints_its_path(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "reports" / "index.html")
     manifest = json.loads((tmp_path / "reports" / "report.json").read_text())
     assert manifest["generator"] == "tailrobust report" and len(manifest["cells"]) == 1
+
+
+def labelled_cell(root: Path, key: str = "labelled", labels: bool = True) -> Path:
+    """A cell with the real AutoAttack, torchattacks' cross-check and a cheap stand-in, each record with the
+    ``label`` evaluation writes (or none, as older cells), and the real one's survivor cascade."""
+    import numpy as np
+
+    y = np.repeat(np.arange(10), 100)
+    wrong = (y + 1) % 10
+    keep = lambda share: np.where(np.arange(y.size) % 100 < share, y, wrong)  # noqa: E731
+    predictions = {"clean": y.copy(), "pgd20": keep(50), "aa": keep(40), "ta_aa": keep(41), "apgd_cheap": keep(45)}
+    robust = [[100] * 10, [60] * 10, [50] * 10, [45] * 10, [40] * 10]
+    records = {
+        "aa": {"spec": {"kind": "autoattack", "eps": 0.1, "steps": 100, "version": "standard", "name": "aa"},
+               "label": "AutoAttack", "cascade": {"stages": ["clean", "apgd-ce", "apgd-t", "fab-t", "square"],
+                                                  "robust_per_class": robust, "examples_per_class": [100] * 10}},
+        "ta_aa": {"spec": {"kind": "torchattacks_autoattack", "eps": 0.1, "steps": 100, "version": "standard",
+                           "name": "ta_aa"}, "label": "AutoAttack (torchattacks)"},
+        "apgd_cheap": {"spec": {"kind": "autoattack", "eps": 0.1, "steps": 10, "version": "apgd-ce",
+                                "name": "apgd_cheap"}, "label": "APGD-CE (10 it., reduced)"},
+    }
+    if not labels:
+        records = {name: {k: v for k, v in r.items() if k != "label"} for name, r in records.items()}
+    return make_cell(root, "at", 10, 0, key=key, predictions=predictions, attack_records=records)
+
+
+def test_attacks_are_named_by_their_records_label(tmp_path):
+    labelled_cell(tmp_path / "results")
+    html = build_report(tmp_path / "results", tmp_path / "reports").read_text()
+    board = table(html, "leaderboard-")
+    heads = [c["text"].replace("↕", "").strip() for c in board["head"][-1]]
+    assert {"AutoAttack", "AutoAttack (torchattacks)", "APGD-CE (10 it., reduced)"} <= set(heads)
+    cheap = board["head"][-1][heads.index("APGD-CE (10 it., reduced)")]["attrs"]["title"]
+    assert "autoattack" not in cheap.lower() and "10 steps" not in cheap
+    page = (tmp_path / "reports" / "cells" / "labelled.html").read_text()
+    attacks = page.split("<h2>Attacks</h2>")[1].split("<h2>Cost</h2>")[0]
+    assert "APGD-CE (10 it., reduced) <span" in attacks and "AutoAttack (torchattacks) <span" in attacks
+    classes = next(t for name, t in PageTables(page).tables.items() if name.endswith("-per-class"))
+    assert "APGD-CE (10 it., reduced)" in [c["text"] for c in classes["head"][-1]]
+
+
+def test_older_cells_without_labels_are_named_from_the_spec(tmp_path):
+    labelled_cell(tmp_path / "results", labels=False)
+    html = build_report(tmp_path / "results", tmp_path / "reports").read_text()
+    heads = [c["text"].replace("↕", "").strip() for c in table(html, "leaderboard-")["head"][-1]]
+    assert {"AutoAttack", "AutoAttack (torchattacks)", "APGD-CE (10 it., reduced)"} <= set(heads)
+    assert heads.count("AutoAttack") == 1  # only the standard version at the reference's iterations
+
+
+def test_cell_page_shows_the_autoattack_cascade(tmp_path):
+    labelled_cell(tmp_path / "results")
+    build_report(tmp_path / "results", tmp_path / "reports")
+    page = (tmp_path / "reports" / "cells" / "labelled.html").read_text()
+    cascade = PageTables(page).tables["cell-labelled-cascade-aa"]
+    heads = [c["text"].replace("↕", "").strip() for c in cascade["head"][-1]]
+    assert heads[0] == "After stage" and heads[-2:] == ["Total", "Robust (%)"] and heads[1:11] == [str(c) for c in
+                                                                                                  range(10)]
+    rows = {r[0]["text"]: [c["text"] for c in r[1:]] for r in cascade["rows"]}
+    assert list(rows) == ["examples", "clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    assert rows["examples"][-2] == "1000" and rows["apgd-ce"][-2:] == ["600", "60.00"]
+    assert rows["square"][:10] == ["40"] * 10 and rows["square"][-2:] == ["400", "40.00"]
+    assert "Cascade of AutoAttack" in page and "never increase" in page
+    frame = pd.read_csv(tmp_path / "reports" / "tables" / "cell-labelled-cascade-aa.csv")
+    assert frame["Total"].tolist() == [1000, 1000, 600, 500, 450, 400]
+    assert not PageTables(page).tables.get("cell-labelled-cascade-ta_aa")  # no cascade recorded there
