@@ -1,8 +1,9 @@
 """Results store: every finished cell's ``metrics.json`` as tidy pandas tables.
 
 Tidy, because then a leaderboard, a per-class table and a plot are each one ``groupby`` away, and any
-number on the report page can be checked against one row here. Nothing is recomputed from predictions:
-the numbers are the ones ``metrics.json`` records.
+number on the report page can be checked against one row here. Nothing in the tables is recomputed from
+predictions: the numbers are the ones ``metrics.json`` records (per-example outcomes, for paired tests, are
+read separately and must agree with them; see below).
 
 ``load_results(root)`` reads ``<root>/<cell>/metrics.json`` for every folder directly under ``root`` and
 returns a :class:`ResultStore`. A folder that cannot be used (no ``metrics.json`` yet, ``status`` other
@@ -356,5 +357,6 @@ def _attack_support(m: dict, support: list[int]) -> list[int]:
     return list(support)
 
 
-__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE", "load_results", "cells_frame", "read_log", "cell_info",
+__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE",
+           "load_results", "cells_frame", "read_log", "cell_info",
            "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN"]

@@ -230,7 +230,8 @@ def test_exports_carry_test_p_interval_and_n(built):
     assert (frame.loc["twin", head + "p vs above b"], frame.loc["twin", head + "p vs above c"]) == (4, 6)
     assert not frame.loc["twin", head + "p vs above significant 5%"]
     assert frame.loc["weak", head + "p vs above significant 5%"]
-    assert frame.loc["twin", head + "Δ BR vs above ci95 low"] < 0 < frame.loc["twin", head + "Δ BR vs above ci95 high"]
+    twin = frame.loc["twin"]
+    assert twin[head + "Δ BR vs above ci95 low"] < 0 < twin[head + "Δ BR vs above ci95 high"]
     assert frame.loc["weak", head + "Δ BR vs leader ci95 high"] < 0
     assert "bootstrap" in frame.loc["weak", head + "Δ BR vs leader interval"]
     assert frame.loc["strong", "Balanced Robustness (%) Worst case 95% CI n seeds"] == 2

@@ -796,7 +796,8 @@ def cascade_table(metrics: dict, attack: str, slug: str) -> Table | None:
                     + [Cell(str(v), int(v), title=f"{names[j]}: {v} of {examples[j]} still robust after {stage}")
                        for j, v in enumerate(counts)]
                     + [Cell(str(robust_total), robust_total),
-                       Cell(pct(robust_total / total) if total else "—", 100 * robust_total / total if total else None)])
+                       Cell(pct(robust_total / total) if total else "—",
+                            100 * robust_total / total if total else None)])
     label = attack_label(attack, record_labels({attack: record}))
     notes = [f"{label}: examples still correctly classified after each stage of the cascade (each stage attacks "
              "only the survivors of the stages before it, so the counts never increase); the last row is the "
