@@ -20,6 +20,7 @@ import yaml
 
 from attacks import AUTOATTACKS, AttackSpec
 from methods import get_method_class
+from methods.schedule import COMMON_MILESTONES, COMMON_SELECT_FROM
 from .data.datasets import NATURALLY_IMBALANCED
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
@@ -122,9 +123,9 @@ class Config:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     # lr ×lr_gamma after these 0-based epochs: fractions (< 1) of the budget, whole epochs, or "a/b".
-    # [0.75, 0.9] at 100 epochs = 75, 90 (TAET's MultiStepLR); AT-BSL/TRADES code decays one epoch
-    # earlier (their 1-based epoch 75 = 0-based 74), which the methods' `paper` presets spell out.
-    milestones: list = field(default_factory=lambda: [0.75, 0.9])
+    # Default: AT-BSL's code (methods/schedule.py), lr ×0.1 from its 1-based epochs 75, 90 and 100, i.e.
+    # after 74, 89 and 99 of 100 epochs (0.1 ×74, 0.01 ×15, 0.001 ×10, 0.0001 ×1), scaled to the budget.
+    milestones: list = field(default_factory=lambda: list(COMMON_MILESTONES))
     lr_gamma: float = 0.1
     schedule_unit: str = "epoch"
     drop_last: bool = True
@@ -138,9 +139,10 @@ class Config:
     monitor_attack: dict = field(default_factory=lambda: {"kind": "pgd", "steps": 10, "step_size": "eps/4", "start": "uniform"})
     monitor_every: int = 1  # log per-class clean and robust recall on the monitoring subset every k epochs
     # model selection (benchmark/selection.py): final (default, as RoBal) | val_best | test_best (AT-BSL's
-    # rule: best PGD-20 test accuracy, labelled "test-selected"); from epoch select_from (fraction or epoch)
+    # rule: best PGD-20 test accuracy, labelled "test-selected"); from 0-based epoch select_from (fraction
+    # or epoch); default AT-BSL's `epoch >= 75` on 1-based epochs: from 0-based 74 of 100, scaled to the budget
     selection: str = "final"
-    select_from: Any = 0.75
+    select_from: Any = COMMON_SELECT_FROM
     val_fraction: float = 0.1  # share of each class carved from the training subset for val_best
     # hardware
     device: str = "auto"

@@ -53,6 +53,7 @@ from attacks import eval_mode, frozen_parameters
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
+from .schedule import CIFAR_AT_MILESTONES
 
 
 @register_method("adt")
@@ -71,7 +72,7 @@ class ADT(Method):
             "lr": 0.1,
             "momentum": 0.9,
             "weight_decay": 2e-4,
-            "milestones": [74, 89, 99],  # the authors' 1-based epochs 75, 90, 100
+            "milestones": CIFAR_AT_MILESTONES,  # the authors' 1-based epochs 75, 90, 100 (methods/schedule.py)
             "lr_gamma": 0.1,
             "schedule_unit": "epoch",
             "augment": "crop_flip",

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LossOut, Method, register_method
+from .schedule import CIFAR_AT_MILESTONES
 
 
 def _paper_preset(**overrides) -> dict:
@@ -52,7 +53,7 @@ def _paper_preset(**overrides) -> dict:
         "lr": 0.1,
         "momentum": 0.9,
         "weight_decay": 7e-4,
-        "milestones": [74, 89, 99],  # the authors' 1-based epochs 75, 90, 100
+        "milestones": CIFAR_AT_MILESTONES,  # the authors' 1-based epochs 75, 90, 100 (methods/schedule.py)
         "lr_gamma": 0.1,
         "schedule_unit": "epoch",
         "augment": "crop_flip",

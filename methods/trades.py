@@ -49,6 +49,7 @@ from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
 from .losses import kl_per_example
+from .schedule import CIFAR_AT_MILESTONES
 
 
 def kl_sum(adv_logits: torch.Tensor, clean_logits: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ class TRADES(Method):
             "lr": 0.1,
             "momentum": 0.9,
             "weight_decay": 2e-4,
-            "milestones": [74, 89, 99],
+            "milestones": CIFAR_AT_MILESTONES,  # their 1-based epochs 75, 90, 100 (methods/schedule.py)
             "lr_gamma": 0.1,
             "schedule_unit": "epoch",
             "augment": "crop_flip",

@@ -67,6 +67,18 @@ def test_whole_number_milestones_are_taken_as_epochs():
     assert Config(epochs=10, milestones=[0.5, 8]).milestone_epochs() == [5, 8]
 
 
+def test_default_schedule_and_selection_start_are_at_bsl_code_at_100_epochs_and_scale_with_the_budget():
+    """AT-BSL's adjust_learning_rate: lr ×0.1 from its 1-based epochs 75, 90, 100, i.e. after 0-based 74, 89,
+    99; its best-epoch rule scores 1-based epochs >= 75, i.e. from 0-based 74 (tests/test_schedules.py traces
+    the learning rate of every epoch)."""
+    assert Config(epochs=100).milestone_epochs() == [74, 89, 99]
+    assert Config(epochs=100, selection="test_best").validate().selection_start_epoch() == 74
+    assert Config(epochs=200).milestone_epochs() == [148, 178, 198]
+    assert Config(epochs=8).milestone_epochs() == [6, 7, 8]  # the last is never reached in 8 epochs
+    assert Config(epochs=8, selection="test_best").validate().selection_start_epoch() == 6
+    assert Config(milestones=["74/100"], epochs=50).milestone_epochs() == [37]
+
+
 # --- presets --------------------------------------------------------------------------------------
 
 def test_taet_authors_preset_sets_eps_step_split_and_stage_one_fraction():

@@ -180,7 +180,7 @@ def test_presets_resolve_to_the_authors_protocol_and_augmentation(tag, augment):
     (cfg,) = expand_grid({"methods": [tag], "eps": "8/255", "epochs": 100})
     assert cfg.augment == augment
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.drop_last) == (0.1, 0.9, 5e-4, 128, True)
-    assert cfg.milestone_epochs() == [75, 90] and cfg.lr_gamma == 0.1
+    assert cfg.milestone_epochs() == [74, 89, 99] and cfg.lr_gamma == 0.1  # their 1-based epochs 75, 90, 100
     spec = cfg.train_attack_spec()
     assert (spec.kind, spec.steps, spec.start) == ("pgd", 10, "normal")
     assert spec.step_size == pytest.approx(2 / 255)

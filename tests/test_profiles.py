@@ -31,7 +31,7 @@ def test_profile_loads_and_expands(name):
 
 def common_protocol(cfg: Config) -> None:
     assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay) == (100, 128, 0.1, 0.9, 5e-4)
-    assert cfg.milestone_epochs() == [75, 90] and cfg.lr_gamma == 0.1 and cfg.drop_last
+    assert cfg.milestone_epochs() == [74, 89, 99] and cfg.lr_gamma == 0.1 and cfg.drop_last  # AT-BSL's 75, 90, 100
     train = cfg.train_attack_spec()
     assert (train.kind, train.steps, train.start) == ("pgd", 10, "normal")
     assert train.step_size == pytest.approx(cfg.eps_value / 4)
