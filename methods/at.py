@@ -5,7 +5,12 @@ as the long-tail papers run it (AT-BSL's baseline protocol: PGD-10, step ε/4 = 
 start x + 0.001·N(0, 1), model in eval mode during the attack, train mode for the update).
 Preset ``madry``: the paper's own attack (PGD-7, step 2/255, uniform start) and weight decay 2e-4.
 Madry's released config trains with 10 steps and 80k iterations of batch 128 (~205 CIFAR epochs,
-lr ×0.1 at 40k and 60k); the preset keeps the profile's epoch budget and says so here.
+lr ×0.1 at 40k and 60k); the preset keeps the profile's epoch budget and lr schedule and says so here.
+Madry's code also builds its training adversary on the ``Model(mode='train')`` graph, so its attack
+runs with BatchNorm in training mode (``is_training=True``: the statistics of the batch being attacked,
+and with ``updates_collections=None`` every attack step also updates the running averages). Here, as
+for every method, the training attack runs the model in eval mode (running statistics, no update);
+the preset does not change that. The two agree only for a model without BatchNorm.
 """
 from __future__ import annotations
 

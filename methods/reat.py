@@ -6,6 +6,12 @@ code's, written out, not cited by equation number.
 
 Two parts: RBL, a class-weighted inner maximization, and TAIL, a feature term added to the outer loss.
 
+REAT as released equals AT-BSL plus its tail term. RBL weights each example's cross-entropy by a
+positive factor w_{y_i}/Σ_j w_{y_j}, which scales that example's input gradient without changing its
+sign, so a sign-gradient attack (PGD, FGSM) lands on the same x_adv as with plain CE (see the note
+under Choices). The training examples are therefore AT-BSL's (plain-CE PGD; the authors start from
+x + U[−ε, ε], AT-BSL from x + 0.001·N(0, 1)), the outer loss is AT-BSL's BSL, and what REAT adds is TAIL.
+
 Inner maximization (RBL). With n_c the training count of class c and k_c the number of adversarial
 examples PREDICTED as class c during the previous epoch (k_c = n_c in the first epoch):
 
@@ -67,7 +73,8 @@ Choices, and where they differ from the authors' code:
   * Only the attack's objective needs a custom loss: a training attack of kind ``torchattacks_pgd``,
     which cannot take one, is refused with a UsageError.
 
-Preset ``paper`` (train.py defaults): 80 epochs, batch 128 (drop_last, mmcv loader), SGD lr 0.1,
+Preset ``paper`` (train.py defaults): 80 epochs, batch 128 with the last partial batch kept (their
+build_loader.py passes drop_last=False to the DataLoader, with mmcv's collate), SGD lr 0.1,
 momentum 0.9, weight decay 5e-4, MultiStepLR milestones [60, 75] ×0.1 stepped after each (0-based)
 epoch, which are our 0-based milestones unchanged (lr 0.01 from 0-based epoch 60), RandomCrop + flip,
 training PGD-10 at step ε/4 (2/255 at their ε = 8/255) from x + U[−ε, ε]. The profile's ε and model
@@ -141,7 +148,8 @@ def tail_alignment(features: torch.Tensor, y: torch.Tensor, class_weight: torch.
 @register_method("reat")
 class REAT(Method):
     summary = ("balanced softmax on PGD examples of an effective-number class-weighted attack, "
-               "plus a tail-class feature-alignment term (TAIL)")
+               "plus a tail-class feature-alignment term (TAIL); as released = AT-BSL + TAIL (positive "
+               "per-example weights leave sign-PGD examples unchanged)")
     paper = "Li, Xu, Zhang, arXiv 2307.10205 (REAT: RBL inner loss, BSL + TAIL outer loss)"
     code = "GuanlinLee/REAT"
     defaults = {"tail_classes": "rank", "tail_reduction": "mean", "min_predicted": 1}
@@ -150,7 +158,7 @@ class REAT(Method):
         "paper": {
             "epochs": 80,
             "batch_size": 128,
-            "drop_last": True,
+            "drop_last": False,  # build_loader.py: DataLoader(..., drop_last=False)
             "lr": 0.1,
             "momentum": 0.9,
             "weight_decay": 5e-4,

@@ -363,7 +363,7 @@ def test_registry_lists_reat_with_summary_paper_and_presets():
 def test_reat_paper_preset_resolves_to_the_authors_protocol():
     (cfg,) = expand_grid({"methods": ["reat.paper"], "eps": "8/255"})
     assert (cfg.method_name, cfg.method_preset) == ("reat", "paper")
-    assert (cfg.epochs, cfg.batch_size, cfg.drop_last) == (80, 128, True)
+    assert (cfg.epochs, cfg.batch_size, cfg.drop_last) == (80, 128, False)  # build_loader.py keeps the last batch
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_gamma) == (0.1, 0.9, 5e-4, 0.1)
     assert cfg.augment == "crop_flip" and cfg.milestone_epochs() == [60, 75]
     spec = cfg.train_attack_spec()
