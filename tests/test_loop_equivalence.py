@@ -186,7 +186,7 @@ def _taet_loss(model, x, y, ctx, o):
         model(x)  # the notebook's `outputs = model(inputs)` before the stage test, unused in stage 2
     if ctx["epoch"] < o["ce_epochs"]:
         return F.cross_entropy(model(x), y)
-    x_adv = authors_pgd(model, x, y, o.get("eps", EPS), STEPS, o.get("eps", EPS) / 4, clamp_start=o["clamp_start"])
+    x_adv = authors_pgd(model, x, y, o["eps"], o["steps"], o["step_size"], clamp_start=o["clamp_start"])
     return harl(model(x_adv), y, ctx["num_classes"])
 
 
@@ -195,11 +195,14 @@ AUTHORS_LOSSES = {"at": _at_loss, "at_bsl": _at_bsl_loss, "trades": _trades_loss
 
 
 def authors_loop(name, model, x_uint8, y, counts, *, seed, epochs=EPOCHS, batch=BATCH, lr=LR, milestones=MILESTONES,
-                 extra_forwards=False, clamp_start=True, drop_last=True, ce_epochs=CE_EPOCHS, eps=EPS,
-                 on_epoch_end=None):
+                 extra_forwards=False, clamp_start=True, drop_last=True, ce_epochs=CE_EPOCHS, eps=EPS, steps=STEPS,
+                 step_size=None, on_epoch_end=None):
     """Train ``model`` in place with the authors' loop for ``name``; the batch order is a randperm per epoch
-    from a generator seeded ``seed`` (the harness's shuffle), the start noise the global generator's."""
-    o = {"extra_forwards": extra_forwards, "clamp_start": clamp_start, "ce_epochs": ce_epochs, "eps": eps}
+    from a generator seeded ``seed`` (the harness's shuffle), the start noise the global generator's.
+    ``eps``/``steps``/``step_size`` (default ε/4) set TAET's attack (scripts/taet_loop_study.py runs it on
+    the quick profile); ``on_epoch_end(epoch, model)`` is called after each epoch's scheduler step."""
+    o = {"extra_forwards": extra_forwards, "clamp_start": clamp_start, "ce_epochs": ce_epochs, "eps": eps,
+         "steps": steps, "step_size": eps / 4 if step_size is None else step_size}
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=WD)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1) if name == "taet" else None
     generator = torch.Generator().manual_seed(seed)

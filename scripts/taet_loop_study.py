@@ -1,0 +1,208 @@
+"""Does TAET train less robust under the harness than under its authors' loop? (issue 18, item 2)
+
+For each seed, on the quick profile's data and model (MNIST-5k at IR 10, small_cnn, lr 0.05, batch 64,
+PGD-10 at ε/4 from x + 0.001·N(0, 1), ε = 0.1), with an epoch budget whose clean stage is 40% of it as in
+the authors' notebook (default 10 epochs, 4 clean):
+  * harness: benchmark.train.train with the TAET method (what a grid cell runs);
+  * authors: the minimal loop of tests/test_loop_equivalence.py run to the end, with the authors' choices:
+    the notebook's unused clean forward (and stage 1's second clean forward), the unclamped PGD start and
+    no drop_last. Same initial weights, same shuffling generator, same long-tailed subset.
+Both are scored the same way: Balanced Robustness under PGD-20 (step ε/4, uniform start, seeded) on the
+balanced 1,000-digit test split, and after every epoch the clean accuracy and mean CE on the long-tailed
+training set (eval mode) and the monitor subset's clean / PGD-10 accuracy, from which the head-class plateau
+(train accuracy ≤ head share + 0.05) is counted. On seed 0 the minimal loop is also run with the harness's
+choices, which must reproduce the harness's weights (a check of item 1 on the real model).
+
+    nice -n 10 .venv/bin/python scripts/taet_loop_study.py --seeds 0 1 2 3 4 --out results/taet_loop_study.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from benchmark.config import expand_grid, load_profile  # noqa: E402
+from benchmark.data.loader import to_float  # noqa: E402
+from benchmark.data.prepare import prepare_cell_data  # noqa: E402
+from benchmark.evaluate import InferenceModel, predict  # noqa: E402
+from benchmark.metrics import per_class_recall  # noqa: E402
+from benchmark.models import create_model  # noqa: E402
+from benchmark.train import monitor, seed_everything, train  # noqa: E402
+from methods import create_method  # noqa: E402
+import test_loop_equivalence as loops  # noqa: E402
+from test_loop_equivalence import authors_loop  # noqa: E402  (the minimal loop of item 1)
+
+PLATEAU_MARGIN = 0.05
+
+
+def config(seed: int, epochs: int):
+    return expand_grid(load_profile("quick"), {"epochs": epochs, "seeds": [seed], "methods": ["taet"], "monitor_every": 1,
+                                               "device": "cpu"})[0]
+
+
+def epoch_probe(model, method, data, cfg, x_train, y_train, x_mon, y_mon):
+    """End-of-epoch numbers both loops are judged by (eval mode; no draw from the global generator)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x_train[i:i + 500]) for i in range(0, len(x_train), 500)])
+    model.train(was)
+    out = {"train_acc": float((logits.argmax(1) == y_train).float().mean()),
+           "train_ce": float(F.cross_entropy(logits, y_train))}
+    mon = monitor(InferenceModel(model, method), x_mon, y_mon, cfg.monitor_attack_spec(), data.num_classes,
+                  cfg.eval_batch_size, torch.device("cpu"))
+    out["monitor_clean_acc"] = mon["monitor_clean_acc"]
+    out["monitor_robust_acc"] = mon[f"monitor_{cfg.monitor_attack_spec().name}_acc"]
+    return out
+
+
+def balanced_robustness(model, method, data, cfg, seed):
+    spec = next(s for s in cfg.eval_attack_specs() if s.name == "pgd20")
+    inference = InferenceModel(model, method)
+    out = {}
+    for name, attack in (("clean", None), ("pgd20", spec)):
+        pred, _ = predict(inference, data.x_test, data.y_test, attack, cfg.eval_batch_size, torch.device("cpu"),
+                          torch.Generator().manual_seed(seed))
+        recall, _ = per_class_recall(data.y_test.numpy(), pred, data.num_classes)
+        out[name] = float(np.nanmean(recall))
+        out[f"{name}_per_class"] = [float(r) for r in recall]
+    return out
+
+
+def plateau(epochs: list[dict], head_share: float, ce_epochs: int) -> dict:
+    on = [e["train_acc"] <= head_share + PLATEAU_MARGIN for e in epochs[:ce_epochs]]
+    left = next((i for i, flag in enumerate(on) if not flag), None)
+    return {"clean_stage_epochs_on_plateau": int(sum(on)), "left_plateau_after_epoch": left}
+
+
+def run_seed(seed: int, epochs: int, check: bool) -> dict:
+    cfg = config(seed, epochs)
+    data = prepare_cell_data(cfg)
+    seed_everything(cfg.seed)
+    method = create_method(cfg.method, **cfg.method_args)
+    model = method.wrap_model(create_model(cfg.model, data.num_classes, data.in_channels, **cfg.model_args))
+    init = copy.deepcopy(model.state_dict())
+    ce_epochs = method.ce_epochs(cfg.epochs)
+    x_train, y_train = to_float(data.x_train), data.y_train
+    from benchmark.data.loader import stratified_subset
+
+    idx = torch.as_tensor(stratified_subset(data.y_test, cfg.monitor_per_class, seed=0))
+    x_mon, y_mon = data.x_test[idx], data.y_test[idx]
+    head_share = max(data.train_counts) / sum(data.train_counts)
+    result = {"seed": seed, "ce_epochs": ce_epochs, "head_share": head_share,
+              "label_entropy": -sum(n / sum(data.train_counts) * math.log(n / sum(data.train_counts))
+                                    for n in data.train_counts)}
+
+    def probe_into(records):
+        return lambda epoch, m: records.append({"epoch": epoch, **epoch_probe(m, method, data, cfg, x_train, y_train,
+                                                                            x_mon, y_mon)})
+
+    # harness
+    records: list[dict] = []
+    original_end = method.on_epoch_end
+
+    def on_epoch_end(ctx):
+        original_end(ctx)
+        probe_into(records)(ctx.epoch, model)
+
+    method.on_epoch_end = on_epoch_end
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cell_dir:
+        seed_everything(cfg.seed)
+        train(cfg, data, method, model, Path(cell_dir), torch.device("cpu"), progress=False)
+        log = [json.loads(line) for line in (Path(cell_dir) / "log.jsonl").read_text().splitlines()]
+    harness_weights = copy.deepcopy(model.state_dict())
+    result["harness"] = {"epochs": records, "log_train_acc": [r["train_acc"] for r in log],
+                         "log_loss": [r["loss"] for r in log], **plateau(records, head_share, ce_epochs),
+                         **balanced_robustness(model, method, data, cfg, seed),
+                         "seconds": time.perf_counter() - started}
+
+    def minimal(**options):
+        m = method.wrap_model(create_model(cfg.model, data.num_classes, data.in_channels, **cfg.model_args))
+        m.load_state_dict(init)
+        recs: list[dict] = []
+        seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        authors_loop("taet", m, data.x_train, data.y_train, data.train_counts, seed=cfg.seed, epochs=cfg.epochs,
+                     batch=cfg.batch_size, lr=cfg.lr, milestones=cfg.milestone_epochs(), ce_epochs=ce_epochs,
+                     eps=cfg.eps_value, steps=cfg.train_attack_spec().steps,
+                     step_size=cfg.train_attack_spec().step_size, on_epoch_end=probe_into(recs), **options)
+        return m, recs, time.perf_counter() - t0
+
+    m, recs, seconds = minimal(extra_forwards=True, clamp_start=False, drop_last=False)
+    result["authors"] = {"epochs": recs, **plateau(recs, head_share, ce_epochs),
+                         **balanced_robustness(m, method, data, cfg, seed), "seconds": seconds}
+    if check:  # the minimal loop with the harness's choices: the authors' HARL arithmetic, then ours
+        def difference():
+            m, _, _ = minimal(extra_forwards=False, clamp_start=True, drop_last=cfg.drop_last)
+            return max(float((m.state_dict()[k] - harness_weights[k]).abs().max()) for k in harness_weights)
+
+        result["harness_options_max_abs_difference"] = difference()
+        authors_harl = loops.harl
+        loops.harl = _harness_harl
+        try:
+            result["harness_options_and_harl_arithmetic_max_abs_difference"] = difference()
+        finally:
+            loops.harl = authors_harl
+    return result
+
+
+def _harness_harl(outputs, y, num_classes):
+    """HARL with the harness's arithmetic (index_add class sums) instead of the authors' masked class loop."""
+    from methods.taet import harl_terms
+
+    bcl, hdl, rcel = harl_terms(F.cross_entropy(outputs.float(), y, reduction="none"), y, num_classes, "all")
+    return 0.1 * bcl + 0.1 * hdl + 0.1 * rcel
+
+
+def summarize(runs: list[dict]) -> dict:
+    out = {}
+    for side in ("harness", "authors"):
+        br = [r[side]["pgd20"] for r in runs]
+        out[side] = {"br_pgd20": br, "br_mean": float(np.mean(br)), "br_std": float(np.std(br, ddof=1)),
+                     "clean_balanced_mean": float(np.mean([r[side]["clean"] for r in runs])),
+                     "plateau_epochs": [r[side]["clean_stage_epochs_on_plateau"] for r in runs]}
+    diff = [r["harness"]["pgd20"] - r["authors"]["pgd20"] for r in runs]
+    out["paired_difference_harness_minus_authors"] = {
+        "values": diff, "mean": float(np.mean(diff)), "std": float(np.std(diff, ddof=1)),
+        "t": float(np.mean(diff) / (np.std(diff, ddof=1) / math.sqrt(len(diff)))) if np.std(diff) > 0 else 0.0}
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "taet_loop_study.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    runs = []
+    for i, seed in enumerate(args.seeds):
+        runs.append(run_seed(seed, args.epochs, check=i == 0))
+        r = runs[-1]
+        print(f"seed {seed}: BR harness {r['harness']['pgd20']:.3f} (plateau {r['harness']['clean_stage_epochs_on_plateau']})"
+              f"  authors {r['authors']['pgd20']:.3f} (plateau {r['authors']['clean_stage_epochs_on_plateau']})",
+              flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"settings": {"profile": "quick", "epochs": args.epochs,
+                                                     "plateau_margin": PLATEAU_MARGIN},
+                                        "summary": summarize(runs) if len(runs) > 1 else None, "runs": runs},
+                                       indent=1))
+    print(json.dumps(summarize(runs), indent=1))
+
+
+if __name__ == "__main__":
+    main()
