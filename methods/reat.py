@@ -97,6 +97,7 @@ from benchmark.errors import UsageError
 
 from .at_bsl import balanced_softmax_loss, log_prior
 from .base import LossOut, Method, register_method
+from .losses import at_least_fp32
 
 TAIL_RULES = ("rank", "index")
 TAIL_REDUCTIONS = ("mean", "per_pair")
@@ -208,7 +209,8 @@ class REAT(Method):
         weight = self.rbl_weights(ctx.class_counts).to(x.device)
 
         def rbl(logits, target):
-            return F.cross_entropy(logits.float(), target, weight=weight)
+            logits = at_least_fp32(logits)
+            return F.cross_entropy(logits, target, weight=weight.to(logits.dtype))
 
         spec = ctx.attack
         if spec.kind == "pgd":

@@ -48,7 +48,7 @@ from attacks import eval_mode, pgd
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
-from .losses import kl_per_example
+from .losses import at_least_fp32, kl_per_example
 from .schedule import CIFAR_AT_MILESTONES
 
 
@@ -89,7 +89,7 @@ class TRADES(Method):
             raise UsageError(f"trades: the KL attack needs the built-in pgd with a random start "
                              f"(got kind {spec.kind!r}, start {spec.start!r}): the KL is flat at x itself")
         with eval_mode(model), torch.no_grad():
-            clean_logits = model(x).float()
+            clean_logits = at_least_fp32(model(x))
         return pgd(model, x, clean_logits, spec.eps, spec.steps, spec.step_size, start=spec.start, loss_fn=kl_sum)
 
     def loss(self, model, x, y, ctx) -> LossOut:
