@@ -11,13 +11,16 @@ import torch
 
 from functools import partial
 
-from .autoattack import VERSIONS, LibraryResult, reference_autoattack, torchattacks_autoattack
+from .autoattack import REFERENCE_ITERATIONS, VERSIONS, LibraryResult, autoattack
 from .pgd import ce_sum, cw_margin_sum, fgsm, pgd, scaled_ce_sum
 from .torchattacks_bridge import torchattacks_pgd
 
-# autoattack: torchattacks' AutoAttack; reference_autoattack: the authors' package (pyautoattack), optional
-ATTACKS = ("fgsm", "pgd", "torchattacks_pgd", "autoattack", "reference_autoattack")
-AUTOATTACKS = ("autoattack", "reference_autoattack")
+# autoattack: the authors' package (pyautoattack) at its standard settings; torchattacks_autoattack: torchattacks'
+# components with the same budgets, as a cross-check
+ATTACKS = ("fgsm", "pgd", "torchattacks_pgd", "autoattack", "torchattacks_autoattack")
+AUTOATTACKS = ("autoattack", "torchattacks_autoattack")
+RENAMED_KINDS = {"reference_autoattack": "kind 'autoattack' now runs the authors' AutoAttack (pyautoattack); "
+                                         "torchattacks' is kind 'torchattacks_autoattack'"}
 # PGD objectives: name -> (loss(logits, y, **param), param keyword, default param, prefix of the default attack name)
 LOSSES = {
     "ce": (ce_sum, None, None, "pgd"),
@@ -32,7 +35,7 @@ class AttackSpec:
 
     kind: str  # one of ATTACKS
     eps: float
-    steps: int = 0
+    steps: int = 0  # AutoAttack: APGD/FAB iterations (0 = the reference's 100; fewer is named as reduced)
     step_size: float = 0.0
     start: str = "uniform"  # "none" | "uniform" | "uniform_one_sided" | "normal"
     name: str = ""
@@ -42,6 +45,8 @@ class AttackSpec:
     per_class: int | None = None  # run on a class-stratified subset of the evaluated examples (None: all of them)
 
     def __post_init__(self):
+        if self.kind in RENAMED_KINDS:
+            raise ValueError(f"attack kind {self.kind!r} is gone: {RENAMED_KINDS[self.kind]}")
         if self.kind not in ATTACKS:
             raise ValueError(f"unknown attack kind {self.kind!r}; choose one of {', '.join(ATTACKS)}")
         if self.loss not in LOSSES:
@@ -50,6 +55,15 @@ class AttackSpec:
             raise ValueError(f"loss {self.loss!r} needs kind 'pgd' (got {self.kind!r})")
         if self.kind in AUTOATTACKS and self.version not in VERSIONS:
             raise ValueError(f"unknown AutoAttack version {self.version!r}; choose one of {', '.join(VERSIONS)}")
+        if self.kind in AUTOATTACKS:
+            if self.steps < 0:
+                raise ValueError(f"AutoAttack iterations (steps) must be >= 1, or 0 for the reference's "
+                                 f"{REFERENCE_ITERATIONS}; got {self.steps}")
+            if self.steps == 0:
+                object.__setattr__(self, "steps", REFERENCE_ITERATIONS)
+            if self.kind == "torchattacks_autoattack" and self.version not in ("standard", "apgd-ce"):
+                raise ValueError(f"torchattacks_autoattack builds the standard version (or apgd-ce); "
+                                 f"got {self.version!r}")
         if self.per_class is not None and self.per_class < 1:
             raise ValueError(f"per_class must be >= 1 (or absent for all examples); got {self.per_class}")
         if self.loss_param is None and LOSSES[self.loss][2] is not None:
@@ -57,14 +71,38 @@ class AttackSpec:
         if not self.name:
             object.__setattr__(self, "name", self._default_name())
 
+    @property
+    def reduced(self) -> bool:
+        """An AutoAttack run with fewer iterations than the reference: cheaper, weaker, and named so."""
+        return self.kind in AUTOATTACKS and self.steps < REFERENCE_ITERATIONS
+
     def _default_name(self) -> str:
         if self.kind in AUTOATTACKS:
-            prefix = "aa" if self.kind == "autoattack" else "ref_aa"
-            return prefix if self.version == "standard" else f"{prefix}_{self.version.replace('-', '_')}"
+            base = {"standard": "aa", "apgd-ce": "apgd_ce"}.get(self.version, f"aa_{self.version}")
+            base = base if self.kind == "autoattack" else f"ta_{base}"
+            return base if self.steps == REFERENCE_ITERATIONS else f"{base}_it{self.steps}"
         if self.kind == "fgsm":
             return "fgsm"
         prefix = LOSSES[self.loss][3] if self.kind == "pgd" else self.kind
         return f"{prefix}{self.steps}"
+
+    @property
+    def label(self) -> str:
+        """What a table calls this attack: only the reference AutoAttack at its full budget is "AutoAttack"."""
+        if self.kind in AUTOATTACKS:
+            text = {"standard": "AutoAttack", "plus": "AutoAttack+", "rand": "AutoAttack (rand)",
+                    "apgd-ce": "APGD-CE"}[self.version]
+            qualifiers = ["torchattacks"] if self.kind == "torchattacks_autoattack" else []
+            if self.steps != REFERENCE_ITERATIONS:
+                qualifiers.append(f"{self.steps} it., reduced" if self.reduced else f"{self.steps} it.")
+            return text + (f" ({', '.join(qualifiers)})" if qualifiers else "")
+        if self.kind == "fgsm":
+            return "FGSM"
+        text = {"ce": f"PGD-{self.steps}", "cw": f"CW-L∞ (PGD-{self.steps})",
+                "scaled_ce": f"LSA (PGD-{self.steps})"}[self.loss]
+        if self.kind == "torchattacks_pgd":
+            text += " (torchattacks)"
+        return text + (", no random start" if self.start == "none" else "")
 
     def loss_fn(self):
         """The PGD objective with this spec's parameter bound (summed over the batch)."""
@@ -87,13 +125,14 @@ def run_attack_reported(spec: AttackSpec, model: torch.nn.Module, x: torch.Tenso
                         seed: int = 0) -> LibraryResult:
     """Adversarial inputs plus the library's own robust count where it reports one (AutoAttack).
 
-    AutoAttack needs the number of classes (no default of 10 is assumed) and takes ``seed`` explicitly.
+    AutoAttack needs the number of classes (no default of 10 is assumed) and takes ``seed`` explicitly;
+    its result carries the per-class survivor cascade.
     """
     if spec.kind in AUTOATTACKS:
         if num_classes is None:
             raise ValueError(f"{spec.name}: AutoAttack needs num_classes")
-        run = torchattacks_autoattack if spec.kind == "autoattack" else reference_autoattack
-        return run(model, x, y, spec.eps, spec.version, num_classes, seed)
+        library = "reference" if spec.kind == "autoattack" else "torchattacks"
+        return autoattack(model, x, y, spec.eps, spec.version, num_classes, seed, library, spec.steps)
     return LibraryResult(_own_or_pgd_bridge(spec, model, x, y, generator), None)
 
 

@@ -61,10 +61,10 @@ def parse_number(value: Any, eps: float | None = None, what: str = "value") -> f
 
 @dataclass
 class AttackConfig:
-    """An attack as a profile writes it; ``step_size`` may be relative to ε."""
+    """An attack as a profile writes it; ``step_size`` may be relative to ε (the attack's own ε)."""
 
     kind: str = "pgd"
-    steps: int = 10
+    steps: int | None = None  # PGD: 10 when absent; AutoAttack: APGD/FAB iterations, absent = the reference's 100
     step_size: Any = "eps/4"
     start: str = "normal"
     name: str = ""  # key its results are stored under; default e.g. "pgd20"
@@ -72,12 +72,17 @@ class AttackConfig:
     loss_param: Any = None
     version: str = "standard"  # AutoAttack: standard | plus | rand | apgd-ce
     per_class: int | None = None  # run on a class-stratified subset of the evaluated examples (e.g. AutoAttack on CPU)
+    eps: Any = None  # an evaluation at another budget than the cell's (e.g. TAET's notebook: trains at 0.031, tests at 8/255)
 
     def resolve(self, eps: float, name: str | None = None) -> AttackSpec:
-        if self.kind in AUTOATTACKS:  # parameter-free: steps, step size and start are the library's own
+        if self.eps is not None:
+            eps = parse_number(self.eps, what=f"{self.kind} eps")
+            if not 0.0 <= eps <= 1.0:
+                raise UsageError(f"{self.kind} eps must lie in [0, 1]; got {self.eps}")
+        if self.kind in AUTOATTACKS:  # parameter-free: step size and start are the library's own
             return self._resolve_autoattack(eps, name)
         try:
-            return AttackSpec(kind=self.kind, eps=eps, steps=int(self.steps),
+            return AttackSpec(kind=self.kind, eps=eps, steps=10 if self.steps is None else int(self.steps),
                               step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
                               start=self.start, name=self.name if name is None else name, loss=self.loss,
                               loss_param=None if self.loss_param is None else float(self.loss_param),
@@ -87,9 +92,9 @@ class AttackConfig:
 
     def _resolve_autoattack(self, eps: float, name: str | None) -> AttackSpec:
         try:
-            return AttackSpec(kind=self.kind, eps=eps, steps=0, step_size=0.0, start="none",
-                              name=self.name if name is None else name, version=str(self.version),
-                              per_class=None if self.per_class is None else int(self.per_class))
+            return AttackSpec(kind=self.kind, eps=eps, steps=0 if self.steps is None else int(self.steps),
+                              step_size=0.0, start="none", name=self.name if name is None else name,
+                              version=str(self.version), per_class=None if self.per_class is None else int(self.per_class))
         except ValueError as err:
             raise UsageError(str(err)) from None
 

@@ -59,7 +59,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     n = len(x)
     preds = np.full(n, -1, dtype=np.int64)
     meta = {"spec": attack.to_dict() if attack is not None else None, "examples": n, "done": 0, "seconds": 0.0,
-            "max_linf": 0.0, "min_pixel": 1.0, "max_pixel": 0.0, "reported_robust": None}
+            "max_linf": 0.0, "min_pixel": 1.0, "max_pixel": 0.0, "reported_robust": None, "cascade": None}
     previous = _load_progress(progress_path, attack, n) if attack is not None else None
     if previous is not None:
         meta, preds = previous["meta"], previous["preds"]
@@ -81,6 +81,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
             meta["max_pixel"] = max(meta["max_pixel"], float(x_adv.max()))
             if result.reported_robust is not None:
                 meta["reported_robust"] = (meta["reported_robust"] or 0) + result.reported_robust
+            if result.cascade is not None:
+                meta["cascade"] = _add_cascade(meta["cascade"], result.cascade)
             xb = x_adv
         with torch.no_grad():  # re-score: the robust prediction is the model's label for the returned input
             preds[start:start + len(yb)] = model(xb).argmax(dim=1).cpu().numpy()
@@ -96,8 +98,19 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     if attack.kind in AUTOATTACKS:
         rescored = int((preds == y.numpy()).sum())
         sanity.update(reported_robust=meta["reported_robust"], rescored_robust=rescored,
-                      rescore_matches=meta["reported_robust"] in (None, rescored))
+                      rescore_matches=meta["reported_robust"] in (None, rescored), cascade=meta["cascade"])
     return preds, sanity
+
+
+def _add_cascade(total: dict | None, batch: dict) -> dict:
+    """AutoAttack's per-stage robust counts per class, summed over evaluation batches."""
+    if total is None:
+        return batch
+    add = lambda a, b: [i + j for i, j in zip(a, b)]  # noqa: E731
+    return {"stages": total["stages"],
+            "robust_per_class": [add(a, b) for a, b in zip(total["robust_per_class"], batch["robust_per_class"])],
+            "examples_per_class": add(total["examples_per_class"], batch["examples_per_class"]),
+            "stage_seconds": add(total.get("stage_seconds", []), batch.get("stage_seconds", []))}
 
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[AttackSpec],
@@ -148,7 +161,8 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         full[idx] = pred
         predictions[name] = full
         records[name] = {"seconds": time.perf_counter() - started, **sanity, "examples": int(len(idx)),
-                         "spec": attack.to_dict() if attack is not None else None}
+                         "spec": attack.to_dict() if attack is not None else None,
+                         "label": attack.label if attack is not None else "Clean"}
         records[name]["forward_calls_in_train_mode"] = train_mode_calls[0] - calls_before
         if attack is not None:
             records[name]["seed"] = seed

@@ -85,22 +85,24 @@ def worst_case_predictions(y_true: np.ndarray, predictions: dict[str, np.ndarray
 
 
 def summarize_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray], num_classes: int,
-                         train_counts: list[int]) -> dict:
+                         train_counts: list[int], outside_worst_case: tuple[str, ...] = ()) -> dict:
     """Metrics for clean inputs and every attack; ``balanced`` under an attack is its Balanced Robustness.
 
     A prediction of -1 marks an example the attack did not run on (an attack limited to a class-stratified
     subset, e.g. AutoAttack on a CPU): that attack is scored on its own examples. ``worst_case`` is taken
     over clean input and *every* attack on the examples they all covered; when some attack covered fewer,
-    ``worst_case_all_examples`` adds the worst case over the attacks that covered every example.
+    ``worst_case_all_examples`` adds the worst case over the attacks that covered every example. Attacks
+    named in ``outside_worst_case`` (those at another ε than the cell's) are scored but left out of both.
     """
     y_true = np.asarray(y_true)
     support = np.bincount(y_true, minlength=num_classes)
     predictions = dict(predictions)
-    if len(predictions) > 1:  # clean plus at least one attack: add the per-example worst case
-        covered = np.logical_and.reduce([pred >= 0 for pred in predictions.values()])
+    inside = {k: p for k, p in predictions.items() if k not in outside_worst_case}
+    if len(inside) > 1:  # clean plus at least one attack: add the per-example worst case
+        covered = np.logical_and.reduce([pred >= 0 for pred in inside.values()])
         worst = np.full(len(y_true), -1, dtype=np.int64)
-        worst[covered] = worst_case_predictions(y_true[covered], {k: p[covered] for k, p in predictions.items()})
-        complete = {k: p for k, p in predictions.items() if (p >= 0).all()}
+        worst[covered] = worst_case_predictions(y_true[covered], {k: p[covered] for k, p in inside.items()})
+        complete = {k: p for k, p in inside.items() if (p >= 0).all()}
         if not covered.all() and len(complete) > 1:
             predictions[WORST_CASE_ALL_EXAMPLES] = worst_case_predictions(y_true, complete)
         predictions[WORST_CASE] = worst
@@ -110,10 +112,9 @@ def summarize_evaluation(y_true: np.ndarray, predictions: dict[str, np.ndarray],
         attacks[name] = {**summarize_predictions(y_true[mask], pred[mask], num_classes, train_counts),
                          "examples": int(mask.sum())}
     if WORST_CASE in attacks:
-        attacks[WORST_CASE]["over"] = [k for k in predictions if k not in (WORST_CASE, WORST_CASE_ALL_EXAMPLES)]
+        attacks[WORST_CASE]["over"] = list(inside)
     if WORST_CASE_ALL_EXAMPLES in attacks:
-        attacks[WORST_CASE_ALL_EXAMPLES]["over"] = [k for k, p in predictions.items()
-                                                    if k not in (WORST_CASE, WORST_CASE_ALL_EXAMPLES) and (p >= 0).all()]
+        attacks[WORST_CASE_ALL_EXAMPLES]["over"] = [k for k, p in inside.items() if (p >= 0).all()]
     return {
         "test_support": [int(s) for s in support],
         "undefined_classes": [int(c) for c in np.flatnonzero(support == 0)],

@@ -26,7 +26,7 @@ cuDNN allows it, which PyTorch does by default) on a known device, else None. PG
 
 On a machine without CUDA (or with ``--tiny``) it runs a tiny configuration (a narrow small_cnn on
 1×28×28 images, a few batches) so that tests cover the code path in seconds; its numbers say
-nothing about a GPU. ``--autoattack-from CELL`` instead times torchattacks' AutoAttack on a trained
+nothing about a GPU. ``--autoattack-from CELL`` instead times the reference AutoAttack on a trained
 cell's model (what ``benchmark.gpu_check`` runs).
 """
 from __future__ import annotations
@@ -290,17 +290,19 @@ def time_eval_pgd(model, method, x, y, args, device, peaks) -> dict:
 
 def time_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, device, n_classes: int = 10, seed: int = 0,
                     version: str = "standard") -> dict:
-    """Seconds for torchattacks' AutoAttack through ``attacks.autoattack`` (``n_classes`` and ``seed`` set
-    explicitly) on float inputs in [0, 1], with clean and robust accuracy of the returned inputs."""
-    import torchattacks
+    """Seconds for the reference AutoAttack through ``attacks.autoattack`` (``n_classes`` and ``seed`` set
+    explicitly) on float inputs in [0, 1], with clean and robust accuracy of the returned inputs and the
+    seconds and survivors of each stage (on a non-robust model the cascade stops after APGD-CE, so only
+    a robust model times the real cost)."""
+    import pyautoattack
 
-    from attacks.autoattack import torchattacks_autoattack
+    from attacks.autoattack import autoattack
 
     model.eval()
     x, y = x.to(device).float(), y.to(device)
     _sync(device)
     started = time.perf_counter()
-    result = torchattacks_autoattack(model, x, y, eps, version, n_classes, seed)
+    result = autoattack(model, x, y, eps, version, n_classes, seed)
     _sync(device)
     seconds = time.perf_counter() - started
     with torch.no_grad():
@@ -309,7 +311,9 @@ def time_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, device,
     return {"images": len(x), "seconds": seconds, "images_per_s": len(x) / seconds, "version": version,
             "n_classes": n_classes, "seed": seed, "eps": eps, "clean_accuracy": float(clean),
             "robust_accuracy": float(robust), "library_reported_robust": result.reported_robust,
-            "max_linf": float((result.x_adv - x).abs().max()), "torchattacks": torchattacks.__version__}
+            "max_linf": float((result.x_adv - x).abs().max()), "pyautoattack": pyautoattack.__version__,
+            "stages": result.cascade["stages"], "stage_seconds": result.cascade["stage_seconds"],
+            "robust_after_stage": [sum(c) for c in result.cascade["robust_per_class"]]}
 
 
 def autoattack_on_cell(cell_dir: Path, images: int, device, data_root: str | None = None) -> dict:

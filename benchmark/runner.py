@@ -98,7 +98,9 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),
                     eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
                     **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
-    summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts)
+    other_eps = tuple(s.name for s in attack_specs if s.eps != cfg.eps_value)  # e.g. TAET's notebook test at 8/255
+    summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts,
+                                   outside_worst_case=other_eps)
     metrics = {
         "schema_version": SCHEMA_VERSION,
         "cell_key": cell_dir.name,
@@ -115,6 +117,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
         "seeds": {"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
         "evaluation": {**summary, "attack_records": result["records"]},
         "model_selection": cost.pop("model_selection"),
+        **({"method_diagnostics": diag} if (diag := cost.pop("method_diagnostics", None)) else {}),  # TAET: its plateau
         "audit": audit,
         "cost": cost,
         "config": cfg.resolved(),

@@ -1,15 +1,15 @@
-"""AutoAttack through torchattacks (and the reference package when installed), attack subsets,
-resumable evaluation, and the audit checks that involve AutoAttack."""
+"""AutoAttack as its authors define it (pyautoattack) and torchattacks' rebuilt at the same budgets:
+the budgets that actually run, the survivor cascade, attack subsets, resumable evaluation, and the
+audit checks that involve AutoAttack."""
 from __future__ import annotations
-
-import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
 from attacks import AttackSpec, run_attack_reported
-from benchmark.audit import build_audit, order_checks
+from attacks.autoattack import REFERENCE_ITERATIONS, STAGES, autoattack, target_classes
+from benchmark.audit import autoattack_agreement, build_audit, order_checks
 from benchmark.config import AttackConfig
 from benchmark.data import to_float
 from benchmark.errors import UsageError
@@ -30,12 +30,24 @@ def digits(mnist5k):
     return to_float(mnist5k.x_test[idx]), mnist5k.y_test[idx]
 
 
-def test_autoattack_specs_get_readable_names_and_record_no_step_settings():
-    assert AttackSpec("autoattack", EPS).name == "aa"
-    assert AttackSpec("autoattack", EPS, version="apgd-ce").name == "aa_apgd_ce"
-    assert AttackSpec("reference_autoattack", EPS).name == "ref_aa"
+def test_autoattack_specs_get_readable_names_and_labels_that_say_what_ran():
+    standard = AttackSpec("autoattack", EPS)
+    assert (standard.name, standard.label, standard.steps) == ("aa", "AutoAttack", REFERENCE_ITERATIONS)
+    assert AttackSpec("torchattacks_autoattack", EPS).name == "ta_aa"
+    assert AttackSpec("torchattacks_autoattack", EPS).label == "AutoAttack (torchattacks)"
+    first_stage = AttackSpec("autoattack", EPS, version="apgd-ce")
+    assert (first_stage.name, first_stage.label) == ("apgd_ce", "APGD-CE")
     spec = AttackConfig(kind="autoattack", per_class=5).resolve(EPS)
-    assert (spec.steps, spec.step_size, spec.start, spec.per_class) == (0, 0.0, "none", 5)
+    assert (spec.steps, spec.step_size, spec.start, spec.per_class) == (100, 0.0, "none", 5)
+
+
+def test_a_cheaper_autoattack_is_named_and_labelled_as_reduced():
+    cheap = AttackConfig(kind="autoattack", steps=10).resolve(EPS)
+    assert cheap.name == "aa_it10" and cheap.reduced
+    assert cheap.label == "AutoAttack (10 it., reduced)"
+    assert AttackConfig(kind="autoattack", version="apgd-ce", steps=10).resolve(EPS).name == "apgd_ce_it10"
+    for spec in [cheap, AttackSpec("autoattack", EPS, version="apgd-ce"), AttackSpec("torchattacks_autoattack", EPS)]:
+        assert spec.label != "AutoAttack"  # only the reference at its full budget carries the plain name
 
 
 def test_bad_autoattack_version_or_subset_is_a_one_line_usage_error():
@@ -43,6 +55,109 @@ def test_bad_autoattack_version_or_subset_is_a_one_line_usage_error():
         AttackConfig(kind="autoattack", version="fast").resolve(EPS)
     with pytest.raises(UsageError, match="per_class"):
         AttackConfig(kind="autoattack", per_class=0).resolve(EPS)
+    with pytest.raises(UsageError, match="now runs the authors' AutoAttack"):
+        AttackConfig(kind="reference_autoattack").resolve(EPS)
+    with pytest.raises(UsageError, match="iterations"):
+        AttackConfig(kind="autoattack", steps=-1).resolve(EPS)
+
+
+def test_target_classes_are_nine_or_all_other_classes_when_fewer():
+    assert [target_classes(c) for c in (4, 5, 10, 100, 200)] == [3, 4, 9, 9, 9]
+
+
+class _WideMargin(torch.nn.Module):
+    """Ten classes, logits 10·(x̄ + class offset): the label's logit leads by ≥ 10, so no input in a tiny
+    ε-ball is ever misclassified and every stage runs its whole budget on every example."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("offset", torch.arange(10, dtype=torch.float32))
+        self.grad_calls, self.plain_calls = 0, 0
+
+    def forward(self, x):
+        if x.requires_grad:
+            self.grad_calls += 1
+        else:
+            self.plain_calls += 1
+        mean = x.flatten(1).mean(1, keepdim=True)
+        return 10 * (mean * torch.linspace(-1, 1, 10) - (self.offset - 9).abs())
+
+
+@pytest.mark.parametrize("library", ["reference", "torchattacks"])
+def test_each_stage_runs_the_reference_budget(library):
+    """Forward passes counted per stage on a model nothing can fool: APGD-CE makes one input gradient per
+    iteration (100, plus its initial point), APGD-T and FAB-T 100 per target class for 9 targets, and
+    Square one forward pass per query (5,000). torchattacks' own AutoAttack would make 10 per target."""
+    x = torch.full((2, 1, 2, 2), 0.5)
+    y = torch.tensor([9, 9])
+    counts = {}
+    for stage in STAGES["standard"]:
+        model = _WideMargin()
+        from attacks import autoattack as aa_module
+
+        stages = (aa_module._reference_stages(model, 1e-3, "standard", 10, 0, REFERENCE_ITERATIONS, x.device)
+                  if library == "reference" else
+                  aa_module._torchattacks_stages(model, 1e-3, "standard", 10, 0, REFERENCE_ITERATIONS))
+        run = dict(stages)[stage]
+        with torch.no_grad():
+            assert (model(x).argmax(1) == y).all()
+        model.grad_calls = model.plain_calls = 0
+        adv, _ = run(x.clone(), y.clone())
+        counts[stage] = (model.grad_calls, model.plain_calls)
+        assert (model(adv).argmax(1) == y).all()
+    grads = {stage: c[0] for stage, c in counts.items()}
+    assert 100 <= grads["apgd-ce"] <= 110
+    assert 9 * 100 <= grads["apgd-t"] <= 9 * 110
+    assert 9 * 100 <= grads["fab-t"] <= 9 * 2 * 110  # FAB: one gradient step per iteration (+ its own checks)
+    assert grads["square"] <= 10 and 5000 <= counts["square"][1] <= 5100  # black box: queries only
+
+
+def _linear_five_class_problem():
+    """A linear 5-class model on 2×2 inputs, labels its own clean predictions: at ε 0.05 APGD-CE breaks
+    some examples and leaves others to the later stages (a cascade with work in more than one stage)."""
+    torch.manual_seed(0)
+    x = torch.rand(24, 1, 2, 2)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+def test_the_stage_cascade_is_monotone_and_equals_one_call_of_the_authors_package():
+    from pyautoattack import AutoAttack
+
+    model, x, y = _linear_five_class_problem()
+    eps = 0.05
+    result = autoattack(model, x, y, eps, "standard", 5, seed=0)
+    cascade = result.cascade
+    assert cascade["stages"] == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
+    totals = np.array(cascade["robust_per_class"])
+    assert (np.diff(totals, axis=0) <= 0).all()  # no class gains robust examples along the cascade
+    assert totals[0].sum() == 24 > totals[1].sum() > totals[-1].sum() > 0  # work before and after APGD-CE
+    with torch.no_grad():
+        rescored = model(result.x_adv).argmax(1) == y
+    assert totals[-1].sum() == result.reported_robust == int(rescored.sum())
+    assert (result.x_adv - x).abs().max() <= eps + 1e-6
+    # the same attacks in one run of the package's own cascade leave exactly the same examples robust
+    adversary = AutoAttack(model, norm="Linf", eps=eps, seed=0, device=x.device, version="standard")
+    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 4
+    adversary.verbose = False
+    x_ref, y_ref = adversary.run_standard_evaluation(x, y, batch_size=len(x))
+    assert torch.equal(y_ref == y, rescored)
+
+
+def test_audit_flags_a_class_where_torchattacks_finds_fewer_adversarial_examples():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    specs = {s.name: s for s in [AttackSpec("autoattack", EPS), AttackSpec("torchattacks_autoattack", EPS)]}
+    predictions = {"aa": np.array([1, 0, 0, 1, 2, 0]), "ta_aa": np.array([0, 0, 0, 1, 2, 0])}
+    (check,) = autoattack_agreement(y, predictions, specs, 3)
+    assert check["adversarial_per_class"] == {"reference": [1, 1, 1], "torchattacks": [0, 1, 1]}
+    assert check["library_weaker_classes"] == [0] and check["disagreements"] == 1
+    records = {name: {"max_linf": EPS, "min_pixel": 0.0, "max_pixel": 1.0} for name in specs}
+    audit = build_audit(y, {"clean": y, **predictions}, list(specs.values()), records, 3, 0.0)
+    assert any("ta_aa found fewer adversarial examples than aa in classes [0]" in f for f in audit["flags"])
+    same = autoattack_agreement(y, {"aa": predictions["aa"], "ta_aa": predictions["aa"]}, specs, 3)
+    assert same[0]["library_weaker_classes"] == []
 
 
 def test_autoattack_needs_the_number_of_classes():
@@ -101,35 +216,37 @@ def test_standard_autoattack_on_digits_is_not_weaker_than_its_first_stage(clean_
     assert full_acc <= stage_acc
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyautoattack") is None,
-                    reason="the reference AutoAttack (pip install pyautoattack) is optional and not installed")
-def test_reference_autoattack_apgd_ce_agrees_with_torchattacks_on_digits(clean_mnist_model, digits):
+def test_torchattacks_apgd_ce_at_the_reference_budget_agrees_with_the_reference_on_digits(clean_mnist_model, digits):
     x, y = digits
-    ours = run_attack_reported(AttackSpec("autoattack", EPS, version="apgd-ce"), clean_mnist_model, x, y,
-                               num_classes=10, seed=0)
-    ref = run_attack_reported(AttackSpec("reference_autoattack", EPS, version="apgd-ce"), clean_mnist_model, x, y,
+    ref = run_attack_reported(AttackSpec("autoattack", EPS, version="apgd-ce"), clean_mnist_model, x, y,
                               num_classes=10, seed=0)
-    assert (ref.x_adv - x).abs().max() <= EPS + 1e-6
+    ta = run_attack_reported(AttackSpec("torchattacks_autoattack", EPS, version="apgd-ce"), clean_mnist_model, x, y,
+                             num_classes=10, seed=0)
+    assert (ta.x_adv - x).abs().max() <= EPS + 1e-6
     with torch.no_grad():
         ref_robust = int((clean_mnist_model(ref.x_adv).argmax(1) == y).sum())
-        ta_robust = int((clean_mnist_model(ours.x_adv).argmax(1) == y).sum())
-    assert ref.reported_robust == ref_robust
-    assert abs(ref_robust - ta_robust) <= 2  # 40 digits, independent random starts
+        ta_robust = int((clean_mnist_model(ta.x_adv).argmax(1) == y).sum())
+    assert ref.reported_robust == ref_robust and ta.reported_robust == ta_robust
+    assert abs(ref_robust - ta_robust) <= 2  # 40 digits, independently coded random starts
 
 
 def test_an_attack_with_per_class_runs_on_a_stratified_subset_and_is_scored_there(clean_mnist_model, digits):
     x, y = digits
     specs = [AttackSpec("fgsm", EPS), AttackSpec("autoattack", EPS, version="apgd-ce", per_class=2)]
     out = evaluate(clean_mnist_model, x, y, specs, 16, torch.device("cpu"), progress=False, num_classes=10)
-    aa = out["predictions"]["aa_apgd_ce"]
-    assert (aa >= 0).sum() == 20 and out["records"]["aa_apgd_ce"]["examples"] == 20
+    aa = out["predictions"]["apgd_ce"]
+    assert (aa >= 0).sum() == 20 and out["records"]["apgd_ce"]["examples"] == 20
+    cascade = out["records"]["apgd_ce"]["cascade"]  # summed over the two evaluation batches of 16 and 4
+    assert cascade["stages"] == ["clean", "apgd-ce"] and cascade["examples_per_class"] == [2] * 10
+    assert sum(cascade["robust_per_class"][-1]) == int((aa[aa >= 0] == y.numpy()[aa >= 0]).sum())
+    assert out["records"]["apgd_ce"]["label"] == "APGD-CE"
     assert np.bincount(y.numpy()[aa >= 0], minlength=10).tolist() == [2] * 10
     summary = summarize_evaluation(y.numpy(), out["predictions"], 10, [10] * 10)
-    assert summary["attacks"]["aa_apgd_ce"]["examples"] == 20
+    assert summary["attacks"]["apgd_ce"]["examples"] == 20
     assert summary["attacks"]["fgsm"]["examples"] == 40
     # worst case over everything on the 20 common examples; over clean + FGSM on all 40
     assert summary["attacks"][WORST_CASE]["examples"] == 20
-    assert summary["attacks"][WORST_CASE]["over"] == ["clean", "fgsm", "aa_apgd_ce"]
+    assert summary["attacks"][WORST_CASE]["over"] == ["clean", "fgsm", "apgd_ce"]
     assert summary["attacks"][WORST_CASE_ALL_EXAMPLES]["examples"] == 40
     assert summary["attacks"][WORST_CASE_ALL_EXAMPLES]["over"] == ["clean", "fgsm"]
 

@@ -36,7 +36,7 @@ def common_protocol(cfg: Config) -> None:
     assert (train.kind, train.steps, train.start) == ("pgd", 10, "normal")
     assert train.step_size == pytest.approx(cfg.eps_value / 4)
     specs = {s.name: s for s in cfg.eval_attack_specs()}
-    assert list(specs) == ["fgsm", "pgd20", "pgd20_nostart", "ta_pgd20_nostart", "cw20", "lsa20", "aa"]
+    assert list(specs) == ["fgsm", "pgd20", "pgd20_nostart", "ta_pgd20_nostart", "cw20", "lsa20", "aa", "ta_aa"]
     pgd20 = specs["pgd20"]
     assert (pgd20.kind, pgd20.steps, pgd20.start) == ("pgd", 20, "uniform")
     for name in ("pgd20", "pgd20_nostart", "ta_pgd20_nostart", "cw20", "lsa20"):
@@ -45,7 +45,11 @@ def common_protocol(cfg: Config) -> None:
     assert specs["pgd20_nostart"].start == specs["ta_pgd20_nostart"].start == "none"
     assert (specs["cw20"].loss, specs["cw20"].loss_param) == ("cw", 50.0)
     assert (specs["lsa20"].loss, specs["lsa20"].loss_param) == ("scaled_ce", 10.0)
-    assert (specs["aa"].kind, specs["aa"].version, specs["aa"].per_class) == ("autoattack", "standard", None)
+    # the authors' AutoAttack at its own budget on everything; torchattacks' at the same budget as a cross-check
+    assert (specs["aa"].kind, specs["aa"].version, specs["aa"].steps, specs["aa"].per_class) == (
+        "autoattack", "standard", 100, None)
+    assert specs["aa"].label == "AutoAttack"
+    assert (specs["ta_aa"].kind, specs["ta_aa"].steps, specs["ta_aa"].per_class) == ("torchattacks_autoattack", 100, 100)
     assert cfg.eval_batch_size == 500 and cfg.eval_per_class is None
 
 
