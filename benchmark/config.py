@@ -346,12 +346,15 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
     for method in map(str, axes["method"]):
         name, _, preset_name = method.partition(".")
         method_cls = get_method_class(name)
-        preset = method_cls.preset(preset_name) if preset_name else {}
+        preset = dict(method_cls.preset(preset_name)) if preset_name else {}
+        extra_attacks = preset.pop("extra_eval_attacks", [])  # a preset's attacks beside the profile's suite
         per_method_args = profile_method_args.get(name) or {}
         for ir in axes["imbalance_ratio"]:
             for seed in axes["seed"]:
                 values = merge(settings, preset)
                 values = merge(values, cli_overrides)
+                if extra_attacks:
+                    values["eval_attacks"] = [*values.get("eval_attacks", _default_eval_attacks()), *extra_attacks]
                 values["method_args"] = merge(per_method_args, preset.get("method_args", {}))
                 values.update(method=method, imbalance_ratio=ir, seed=seed)
                 try:

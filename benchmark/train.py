@@ -173,6 +173,8 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         if (epoch + 1) % cfg.monitor_every == 0 or epoch == cfg.epochs - 1:
             record.update(monitor(inference, x_monitor, y_monitor, monitor_attack, data.num_classes,
                                   cfg.eval_batch_size, device))
+        if hasattr(method, "log_epoch"):  # the method's own per-epoch diagnostics (TAET: its clean stage's plateau)
+            record.update(method.log_epoch(record, ctx))
         score = selector.observe(epoch, inference, model, method, device)
         if score is not None:
             record["selection_score"] = score
@@ -193,7 +195,8 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
     selector.restore_best(model, method, device)
     return {"train_seconds": seconds, "epochs": cfg.epochs, "seconds_per_epoch": seconds / max(cfg.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
-            "model_selection": selector.record(cfg.epochs)}
+            "model_selection": selector.record(cfg.epochs),
+            "method_diagnostics": method.diagnostics() if hasattr(method, "diagnostics") else None}
 
 
 def monitor(inference: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, num_classes: int,

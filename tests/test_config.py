@@ -90,8 +90,32 @@ def test_taet_authors_preset_sets_eps_step_split_and_stage_one_fraction():
     assert train.steps == 10 and train.eps == pytest.approx(0.031)
     assert cfg.test_split == "longtail"
     assert cfg.method_args == {"ce_fraction": 0.4}
-    (pgd20,) = cfg.eval_attack_specs()
-    assert (pgd20.steps, pgd20.step_size, pgd20.start) == (20, pytest.approx(1 / 255), "uniform")
+    # the profile's suite (here the default PGD-20 at the cell's ε) plus the notebook's test: torchattacks'
+    # PGD-20 at 8/255, step 1/255, random start
+    default, notebook = cfg.eval_attack_specs()
+    assert (default.name, default.eps) == ("pgd20", pytest.approx(0.031))
+    assert (notebook.name, notebook.kind, notebook.steps, notebook.start) == ("ta_pgd20_8_255", "torchattacks_pgd", 20, "uniform")
+    assert notebook.eps == pytest.approx(8 / 255) and notebook.step_size == pytest.approx(1 / 255)
+
+
+def test_a_preset_keeps_the_profiles_attack_suite_and_adds_its_own():
+    profile = {"methods": ["taet.authors", "taet"], "eval_attacks": [{"kind": "fgsm"}, {"kind": "autoattack"}]}
+    authors, common = expand_grid(profile)
+    assert [s.name for s in authors.eval_attack_specs()] == ["fgsm", "aa", "ta_pgd20_8_255"]
+    assert [s.name for s in common.eval_attack_specs()] == ["fgsm", "aa"]
+    assert authors.eval_attack_specs()[1].eps == pytest.approx(0.031)  # the suite runs at the cell's ε
+
+
+def test_worst_case_leaves_out_an_attack_at_another_eps():
+    import numpy as np
+    from benchmark.metrics import WORST_CASE, summarize_evaluation
+
+    y = np.array([0, 1, 0, 1])
+    predictions = {"clean": y.copy(), "pgd20": np.array([0, 1, 1, 1]), "ta_pgd20_8_255": np.array([1, 0, 1, 0])}
+    summary = summarize_evaluation(y, predictions, 2, [3, 1], outside_worst_case=("ta_pgd20_8_255",))
+    assert summary["attacks"][WORST_CASE]["over"] == ["clean", "pgd20"]
+    assert summary["attacks"][WORST_CASE]["accuracy"] == 0.75
+    assert summary["attacks"]["ta_pgd20_8_255"]["accuracy"] == 0.0  # still scored on its own
 
 
 def test_at_madry_preset_sets_pgd7_uniform_start_and_weight_decay():

@@ -670,7 +670,8 @@ def reference_table(reference: dict) -> Table:
              f"Setting: {setting['dataset']} IR {setting['imbalance_ratio']}, {setting['model']}, TAET's long-tailed "
              f"test split (per-class test images {', '.join(f'{c} {n}' for c, n in zip(classes, support))}), "
              f"{setting['attack_label']} with step {setting['attack']['step_size']} "
-             f"(ε {setting['eps']} per the authors' code; the poster does not state it). Bracketed numbers are "
+             f"at ε {setting.get('eps_label', setting['eps'])} as the authors' notebook evaluates (it trains at ε "
+             f"{setting.get('train_eps', setting['eps'])}; the poster states neither). Bracketed numbers are "
              "the paper's citations. Shown for reference; never ranked with measured rows."]
     return Table("paper-taet-cifar10lt-ir10", "Paper-reported reference: TAET poster, CIFAR-10-LT IR 10",
                  columns, body, notes, kind="paper")
@@ -701,7 +702,7 @@ def reference_differences(reference: dict, store: ResultStore, group: Group, att
                    f"({describe_spec(spec, label) or 'no spec'}) here, "
                    f"{setting['attack_label']} step {want['step_size']} in the paper")
     if not math.isclose(group.eps, float(setting["eps"]), rel_tol=1e-3):
-        out.append(f"ε {group.eps_label} here, {setting['eps']} in the paper")
+        out.append(f"ε {group.eps_label} here, {setting.get('eps_label', setting['eps'])} in the paper")
     names = [name for _, name in selected_classes(store, list(dict.fromkeys(cells["cell_key"])), tail_only)]
     if names != reference["classes"]:
         out.append("different classes in the columns")
