@@ -118,7 +118,6 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
         "evaluation": {**summary, "attack_records": result["records"]},
         "model_selection": cost.pop("model_selection"),
         **({"method_diagnostics": diag} if (diag := cost.pop("method_diagnostics", None)) else {}),  # TAET: its plateau
-        **({"method_diagnostics": diag} if (diag := cost.pop("method_diagnostics", None)) else {}),  # TAET: its plateau
         "audit": audit,
         "cost": cost,
         "config": cfg.resolved(),
