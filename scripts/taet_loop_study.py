@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmark.config import expand_grid, load_profile  # noqa: E402
-from benchmark.data.loader import to_float  # noqa: E402
+from benchmark.data.loader import iterate_batches, to_float  # noqa: E402
 from benchmark.data.prepare import prepare_cell_data  # noqa: E402
 from benchmark.evaluate import InferenceModel, predict  # noqa: E402
 from benchmark.metrics import per_class_recall  # noqa: E402
@@ -182,13 +182,93 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
+def gradient_ratios(seed: int, epochs: int, batches: int = 10, with_end: bool = False) -> dict:
+    """‖∇θ HARL‖ / ‖∇θ CE‖ on the same PGD-10 examples of the quick profile (batch 64, the first ``batches``
+    batches of a seeded shuffle), at initialization and at TAET's stage switch (after the harness's clean
+    stage); also the α·BCL part alone. The model has dropout off (drop_rate 0), so both gradients are of
+    one and the same network."""
+    from attacks import run_attack
+    from methods.taet import harl_terms
+
+    cfg = config(seed, epochs)
+    data = prepare_cell_data(cfg)
+    seed_everything(cfg.seed)
+    method = create_method("taet")
+    model = create_model(cfg.model, data.num_classes, data.in_channels, **{**cfg.model_args, "drop_rate": 0.0})
+    ce_epochs = method.ce_epochs(cfg.epochs)
+
+    def measure():
+        generator = torch.Generator().manual_seed(seed)
+        params = list(model.parameters())
+        out = {"harl": [], "alpha_bcl": []}
+        for i, (xb, yb) in enumerate(iterate_batches(data.x_train, data.y_train, cfg.batch_size, True, True,
+                                                      generator)):
+            if i == batches:
+                break
+            xb = to_float(xb)
+            torch.manual_seed(seed + i)
+            x_adv = run_attack(cfg.train_attack_spec(), model, xb, yb)
+            model.train()
+
+            def norm(loss):
+                return float(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).norm())
+
+            ce = norm(F.cross_entropy(model(x_adv), yb))
+            bcl, hdl, rcel = harl_terms(F.cross_entropy(model(x_adv), yb, reduction="none"), yb, 10)
+            out["harl"].append(norm(0.1 * bcl + 0.1 * hdl + 0.1 * rcel) / ce)
+            bcl, _, _ = harl_terms(F.cross_entropy(model(x_adv), yb, reduction="none"), yb, 10)
+            out["alpha_bcl"].append(norm(0.1 * bcl) / ce)
+        return {k: float(np.mean(v)) for k, v in out.items()}
+
+    result = {"seed": seed, "init": measure()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(ce_epochs):  # the clean stage (lr is constant before the milestones)
+        for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size, True, True, generator):
+            loss = F.cross_entropy(model(to_float(xb)), yb)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    result["stage_switch"] = measure()
+    if with_end:  # the adversarial stage (the harness's TAET loss and schedule), then the end of training
+        from methods import TrainContext
+
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, cfg.milestone_epochs(), cfg.lr_gamma)
+        for _ in range(ce_epochs):
+            scheduler.step()
+        ctx = TrainContext(epoch=0, epochs=cfg.epochs, step=0, num_classes=10,
+                           class_counts=torch.tensor(data.train_counts), attack=cfg.train_attack_spec())
+        for epoch in range(ce_epochs, cfg.epochs):
+            ctx.epoch = epoch
+            model.train()
+            for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size, True, True, generator):
+                loss = method.loss(model, to_float(xb), yb, ctx).loss
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            scheduler.step()
+        result["end"] = measure()
+    return result
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "taet_loop_study.json")
+    parser.add_argument("--grad-ratio", action="store_true",
+                        help="only measure ‖∇HARL‖/‖∇CE‖ at initialization and at the stage switch, per seed")
+    parser.add_argument("--with-end", action="store_true", help="--grad-ratio: also train stage 2 and measure at the end")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.grad_ratio:
+        ratios = [gradient_ratios(seed, args.epochs, with_end=args.with_end) for seed in args.seeds]
+        summary = {f"{when}_{part}": float(np.mean([r[when][part] for r in ratios]))
+                   for when in ("init", "stage_switch", "end") for part in ("harl", "alpha_bcl") if when in ratios[0]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"summary": summary, "runs": ratios}, indent=1))
+        print(json.dumps(summary, indent=1))
+        return
     runs = []
     for i, seed in enumerate(args.seeds):
         runs.append(run_seed(seed, args.epochs, check=i == 0))

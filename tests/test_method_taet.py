@@ -181,3 +181,10 @@ def test_a_taet_cell_records_its_clean_stage_in_metrics_json_and_log_jsonl(tmp_p
     lines = [json.loads(line) for line in (tmp_path / cfg.key() / "log.jsonl").read_text().splitlines()]
     assert lines[0]["taet_stage_switch"] == d["stage_switch"] and "taet_on_plateau" in lines[0]
     assert not any(k.startswith("taet_") for k in lines[1])  # stage 2 adds nothing
+    # and its report page says how long the clean stage learned
+    from benchmark.report.site import build_report
+
+    build_report(tmp_path, tmp_path / "site")
+    (page,) = (tmp_path / "site" / "cells").glob("*.html")
+    html = page.read_text()
+    assert "Method diagnostics" in html and "Clean stage:" in html and "monitor accuracy at the stage switch" in html

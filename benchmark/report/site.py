@@ -271,7 +271,10 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
     tables = {"classes": class_table, "confusion": confusion,
               "cost": key_value_table(f"cell-{slug}-cost", "Cost", metrics.get("cost") or {}),
               "audit": key_value_table(f"cell-{slug}-audit", "Audit",
-                                       {k: v for k, v in (metrics.get("audit") or {}).items() if k != "flags"})}
+                                       {k: v for k, v in (metrics.get("audit") or {}).items() if k != "flags"}),
+              "method_diagnostics": key_value_table(f"cell-{slug}-method-diagnostics", "Method diagnostics",
+                                                    metrics["method_diagnostics"])
+              if metrics.get("method_diagnostics") else None}  # TAET: how long its clean stage really learned
     cascades = [t for t in (cascade_table(metrics, name, f"cell-{slug}")
                             for name in (metrics["evaluation"].get("attack_records") or {})) if t is not None]
     exports = {name: site.export(t, prefix="../") for name, t in tables.items() if t is not None}
