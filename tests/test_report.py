@@ -128,9 +128,9 @@ def test_subset_attacks_and_test_selection_are_labelled(site):
     tab = table(site["html"], "leaderboard-mnist5k-ir10-Linf-eps0.1-longtail")
     row = tab["rows"][0]
     assert "test-selected" in row[column(tab, "Method")]["text"]
-    assert row[column(tab, "Examples")]["text"] == "403 (AutoAttack on 100)"
+    assert row[column(tab, "Examples")]["text"] == "403 (AutoAttack (torchattacks default, 10 it., reduced) on 100)"
     heads = [c["text"].replace("↕", "").strip() for c in tab["head"][-1]]
-    assert heads.index("AutoAttack") < heads.index("Worst case (all examples)") < heads.index("Worst case")
+    assert heads.index("AutoAttack (torchattacks default, 10 it., reduced)") < heads.index("Worst case (all examples)") < heads.index("Worst case")
     section = site["html"].split('id="mnist5k-ir10-Linf-eps0.1-longtail"')[1].split("<section")[0]
     assert "optimistic" in section and "class-stratified subset" in section
 
@@ -274,9 +274,9 @@ def test_a_real_cell_with_autoattack_on_a_subset(tmp_path):
     shutil.copy(DATA / "report_log_autoattack.jsonl", cell / "log.jsonl")
     html = build_report(tmp_path / "results", tmp_path / "reports").read_text()
     board = table(html, "leaderboard-")
-    assert board["rows"][0][column(board, "Examples")]["text"] == "1000 (AutoAttack on 100)"
+    assert board["rows"][0][column(board, "Examples")]["text"] == "1000 (AutoAttack (torchattacks default, 10 it., reduced) on 100)"
     heads = [c["text"].replace("↕", "").strip() for c in board["head"][-1]]
-    assert "AutoAttack" in heads and "Worst case (all examples)" in heads
+    assert "AutoAttack (torchattacks default, 10 it., reduced)" in heads and "Worst case (all examples)" in heads
     assert (tmp_path / "reports" / "img" / f"cell-{cell.name}-monitor-per-class.png").is_file()
 
 
@@ -433,3 +433,18 @@ def test_cell_page_shows_the_autoattack_cascade(tmp_path):
     frame = pd.read_csv(tmp_path / "reports" / "tables" / "cell-labelled-cascade-aa.csv")
     assert frame["Total"].tolist() == [1000, 1000, 600, 500, 450, 400]
     assert not PageTables(page).tables.get("cell-labelled-cascade-ta_aa")  # no cascade recorded there
+
+
+def test_an_older_cells_autoattack_is_labelled_as_the_torchattacks_default_it_ran():
+    from benchmark.report.tables import spec_label
+    from test_report_fixtures import DATA
+
+    # before the reference became kind autoattack, kind autoattack (steps 0) ran torchattacks' AutoAttack
+    # class at its 10 iterations, and the reference was kind reference_autoattack
+    old = spec_label({"kind": "autoattack", "version": "standard", "steps": 0})
+    assert old == "AutoAttack (torchattacks default, 10 it., reduced)"
+    assert spec_label({"kind": "reference_autoattack", "version": "standard", "steps": 0}) == "AutoAttack"
+    assert spec_label({"kind": "autoattack", "version": "standard", "steps": 100}) == "AutoAttack"
+    real = json.loads((DATA / "report_metrics_autoattack.json").read_text())
+    spec = real["evaluation"]["attack_records"]["aa"]["spec"]
+    assert spec["kind"] == "autoattack" and spec["steps"] == 0 and spec_label(spec) == old

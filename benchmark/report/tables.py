@@ -129,12 +129,17 @@ AUTOATTACK_ITERATIONS = 100  # the reference's APGD/FAB iterations; fewer is a r
 
 def spec_label(spec: dict | None) -> str | None:
     """A label from an AutoAttack spec, for cells whose records carry no ``label``: "AutoAttack" only for the
-    standard version at the reference's iterations (steps 0 in older specs meant those), otherwise what ran
-    ("APGD-CE", "... (10 it., reduced)"); None for other kinds (their name gives the label)."""
-    if not spec or spec.get("kind") not in AUTOATTACK_KINDS:
+    standard version of the authors' package at the reference's iterations, otherwise what ran ("APGD-CE",
+    "... (10 it., reduced)"); None for other kinds (their name gives the label). Cells written before the
+    reference became kind ``autoattack`` (their AutoAttack specs record steps 0) ran torchattacks' own
+    AutoAttack class, whose APGD/FAB use 10 iterations, as ``autoattack``, and the reference as
+    ``reference_autoattack``."""
+    if not spec or spec.get("kind") not in (*AUTOATTACK_KINDS, "reference_autoattack"):
         return None
     version, steps = str(spec.get("version") or "standard"), int(spec.get("steps") or 0)
     base = {"standard": "AutoAttack", "apgd-ce": "APGD-CE"}.get(version, f"AutoAttack-{version}")
+    if spec["kind"] == "autoattack" and steps == 0:  # an older cell: torchattacks' AutoAttack class
+        return base + " (torchattacks default, 10 it., reduced)"
     if spec["kind"] == "torchattacks_autoattack":
         base += " (torchattacks)"
     if 0 < steps < AUTOATTACK_ITERATIONS:
