@@ -5,8 +5,9 @@ PGD-AT and TAET on synthetic CIFAR-10-shaped data through the real CIFAR loader)
 and prints one summary: seconds and images/s per training epoch, peak memory, evaluation seconds,
 and whether our PGD-20 and torchattacks' agree. Numbers on synthetic data measure speed, not robustness.
 Then ``benchmark.perf`` (CIFAR ResNet-18 PGD-10 AT: naive loop vs our fast path, PGD-20 evaluation) and
-torchattacks' AutoAttack (standard, n_classes=10, seed=0) on 200 synthetic test images of the trained
-fp32 PGD-AT cell, each in a subprocess with a time limit: a failure shows in the summary, not as a crash.
+the authors' AutoAttack (standard, n_classes=10, seed=0; per-stage seconds) on 200 synthetic test images
+of the trained fp32 PGD-AT cell (on a non-robust model the cascade ends after APGD-CE, so this times
+little of the real cost), each in a subprocess with a time limit: a failure shows in the summary, not as a crash.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device check for a GPU session, no network needed: torchattacks and mlxtend from .whl/ if missing, then
+# Device check for a GPU session, no network needed: torchattacks, pyautoattack and mlxtend from .whl/ if missing, then
 #   scripts/gpu_check.sh perf   the speed tests marked gpu, then `python -m benchmark.perf` (about a minute)
 #   scripts/gpu_check.sh all    the whole `python -m benchmark.gpu_check` (tests, gpu-check profile, perf,
 #                               AutoAttack; meant to fit 8 minutes on one H100)
@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 DEST=${OUT:-results/gpu-check}
 mkdir -p "$DEST"
-"$PY" -c "import torchattacks, mlxtend" 2>/dev/null || "$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl
+"$PY" -c "import torchattacks, pyautoattack, mlxtend" 2>/dev/null || "$PY" -m pip install --quiet --no-index --no-deps .whl/*.whl
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit --format=csv || true
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 case "${1:-perf}" in
