@@ -316,8 +316,9 @@ def time_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, device,
             "robust_after_stage": [sum(c) for c in result.cascade["robust_per_class"]]}
 
 
-def autoattack_on_cell(cell_dir: Path, images: int, device, data_root: str | None = None) -> dict:
-    """AutoAttack timing on a trained cell's checkpoint and a class-stratified test subset of its data."""
+def load_cell_model(cell_dir: Path, device, data_root: str | None = None):
+    """A finished or resumable cell's model as attacks see it (inputs in [0, 1] → inference logits), with
+    its config, data and trained epochs, rebuilt from ``checkpoint.pt``."""
     from .config import Config
     from .data.prepare import prepare_cell_data
 
@@ -329,12 +330,16 @@ def autoattack_on_cell(cell_dir: Path, images: int, device, data_root: str | Non
     method = create_method(cfg.method, **cfg.method_args)
     model = method.wrap_model(create_model(cfg.model, data.num_classes, data.in_channels, **cfg.model_args))
     model.load_state_dict(state["model"])
-    model.to(device)
+    return InferenceModel(model.to(device), method).eval(), cfg, data, state["epoch"] + 1
+
+
+def autoattack_on_cell(cell_dir: Path, images: int, device, data_root: str | None = None) -> dict:
+    """AutoAttack timing on a trained cell's checkpoint and a class-stratified test subset of its data."""
+    model, cfg, data, epochs = load_cell_model(cell_dir, device, data_root)
     idx = torch.as_tensor(stratified_subset(data.y_test, max(1, images // data.num_classes), seed=0))
     x, y = to_float(data.x_test[idx]), data.y_test[idx]
-    record = time_autoattack(InferenceModel(model, method).eval(), x, y, cfg.eps_value, device,
-                             n_classes=data.num_classes, seed=0)
-    return {"cell": Path(cell_dir).name, "trained_epochs": state["epoch"] + 1, **record}
+    record = time_autoattack(model, x, y, cfg.eps_value, device, n_classes=data.num_classes, seed=0)
+    return {"cell": Path(cell_dir).name, "trained_epochs": epochs, **record}
 
 
 # --- the command --------------------------------------------------------------------------------------
