@@ -340,3 +340,17 @@ def test_forward_passes_in_training_mode_during_an_attack_are_counted_and_flagge
     audit = build_audit(y.numpy(), out["predictions"], [spec], out["records"], 3, 0.0)
     assert audit["forward_calls_in_train_mode"]["clean"] == 0
     assert any("training mode" in flag for flag in audit["flags"])
+
+
+def test_the_torchattacks_cross_check_and_other_eps_attacks_stay_out_of_the_worst_case():
+    from benchmark.runner import outside_worst_case
+
+    specs = [AttackSpec("pgd", EPS, 20, EPS / 4), AttackSpec("autoattack", EPS, per_class=5),
+             AttackSpec("torchattacks_autoattack", EPS, per_class=2), AttackSpec("pgd", 2 * EPS, 20, EPS / 2, name="big")]
+    assert outside_worst_case(specs, EPS) == ("ta_aa", "big")
+    y = np.arange(4) % 2
+    predictions = {"clean": y.copy(), "aa": np.array([0, 1, 0, 0]), "ta_aa": np.array([0, -1, -1, -1]),
+                   "big": 1 - y}
+    summary = summarize_evaluation(y, predictions, 2, [3, 1], outside_worst_case(specs, EPS))
+    assert summary["attacks"][WORST_CASE]["examples"] == 4  # not the cross-check's single example
+    assert summary["attacks"][WORST_CASE]["accuracy"] == 0.75
