@@ -48,9 +48,15 @@ from test_loop_equivalence import authors_loop  # noqa: E402  (the minimal loop 
 PLATEAU_MARGIN = 0.05
 
 
+OVERRIDES: dict = {}  # --batch-size / --ce-epochs (the issue's independent check used batch 128)
+
+
 def config(seed: int, epochs: int):
+    extra = dict(OVERRIDES)
+    if "ce_epochs" in extra:
+        extra["method_args"] = {"taet": {"ce_epochs": extra.pop("ce_epochs")}}
     return expand_grid(load_profile("quick"), {"epochs": epochs, "seeds": [seed], "methods": ["taet"], "monitor_every": 1,
-                                               "device": "cpu"})[0]
+                                               "device": "cpu", **extra})[0]
 
 
 def epoch_probe(model, method, data, cfg, x_train, y_train, x_mon, y_mon):
@@ -88,7 +94,7 @@ def plateau(epochs: list[dict], head_share: float, ce_epochs: int) -> dict:
     return {"clean_stage_epochs_on_plateau": int(sum(on)), "left_plateau_after_epoch": left}
 
 
-def run_seed(seed: int, epochs: int, check: bool) -> dict:
+def run_seed(seed: int, epochs: int, check: bool, harness_only: bool = False) -> dict:
     cfg = config(seed, epochs)
     data = prepare_cell_data(cfg)
     seed_everything(cfg.seed)
@@ -142,6 +148,8 @@ def run_seed(seed: int, epochs: int, check: bool) -> dict:
                      step_size=cfg.train_attack_spec().step_size, on_epoch_end=probe_into(recs), **options)
         return m, recs, time.perf_counter() - t0
 
+    if harness_only:
+        return result
     m, recs, seconds = minimal(extra_forwards=True, clamp_start=False, drop_last=False)
     result["authors"] = {"epochs": recs, **plateau(recs, head_share, ce_epochs),
                          **balanced_robustness(m, method, data, cfg, seed), "seconds": seconds}
@@ -259,8 +267,14 @@ def main(argv=None) -> None:
     parser.add_argument("--grad-ratio", action="store_true",
                         help="only measure ‖∇HARL‖/‖∇CE‖ at initialization and at the stage switch, per seed")
     parser.add_argument("--with-end", action="store_true", help="--grad-ratio: also train stage 2 and measure at the end")
+    parser.add_argument("--harness-only", action="store_true", help="run only the harness side (budget checks)")
+    parser.add_argument("--no-check", action="store_true", help="skip seed 0's harness-options check runs")
+    parser.add_argument("--batch-size", type=int, help="override the quick profile's batch size (64)")
+    parser.add_argument("--ce-epochs", type=int, help="TAET's clean-stage length (default 40%% of --epochs); "
+                        "--ce-epochs = --epochs runs only the clean stage (a plateau check)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    OVERRIDES.update({k: v for k, v in (("batch_size", args.batch_size), ("ce_epochs", args.ce_epochs)) if v})
     if args.grad_ratio:
         ratios = [gradient_ratios(seed, args.epochs, with_end=args.with_end) for seed in args.seeds]
         summary = {f"{when}_{part}": float(np.mean([r[when][part] for r in ratios]))
@@ -271,17 +285,23 @@ def main(argv=None) -> None:
         return
     runs = []
     for i, seed in enumerate(args.seeds):
-        runs.append(run_seed(seed, args.epochs, check=i == 0))
+        runs.append(run_seed(seed, args.epochs, check=i == 0 and not args.no_check, harness_only=args.harness_only))
         r = runs[-1]
+        if args.harness_only:  # a budget check: the harness alone
+            print(f"seed {seed}: BR harness {r['harness']['pgd20']:.3f}", flush=True)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({"settings": {"epochs": args.epochs, **OVERRIDES}, "runs": runs}, indent=1))
+            continue
         print(f"seed {seed}: BR harness {r['harness']['pgd20']:.3f} (plateau {r['harness']['clean_stage_epochs_on_plateau']})"
               f"  authors {r['authors']['pgd20']:.3f} (plateau {r['authors']['clean_stage_epochs_on_plateau']})",
               flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"settings": {"profile": "quick", "epochs": args.epochs,
-                                                     "plateau_margin": PLATEAU_MARGIN},
+                                                     "plateau_margin": PLATEAU_MARGIN, **OVERRIDES},
                                         "summary": summarize(runs) if len(runs) > 1 else None, "runs": runs},
                                        indent=1))
-    print(json.dumps(summarize(runs), indent=1))
+    if not args.harness_only:
+        print(json.dumps(summarize(runs), indent=1))
 
 
 if __name__ == "__main__":
