@@ -32,7 +32,7 @@ test: setup
 
 # Regenerate the method cards in docs/methods/ from the methods' docstrings and registry entries.
 docs: setup
-	$(PY) -m methods.cards
+	$(PY) -m benchmark.tools.cards
 
 clean-venv:
 	rm -rf $(VENV)
@@ -40,10 +40,10 @@ clean-venv:
 # On a CUDA machine: GPU tests plus a short CUDA run on synthetic CIFAR-shaped data (speed, memory, agreement).
 # Uses .venv where it exists, else the machine's python3 (GPU images come with torch preinstalled).
 gpu-check:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.gpu_check
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.tools.gpu_check
 
 # Training speed: a naive PGD-10 AT loop vs our fast path, same data and model (JSON in results/perf.json).
 # On a CUDA machine CIFAR ResNet-18; without one a tiny CPU configuration. PERF_ARGS passes options through.
 PERF_ARGS ?=
 perf:
-	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.perf --out $(RESULTS)/perf.json $(PERF_ARGS)
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.tools.perf --out $(RESULTS)/perf.json $(PERF_ARGS)

@@ -69,7 +69,7 @@ def _autocast(cfg: Config, device: torch.device):
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, ctx: TrainContext,
                xb: torch.Tensor, yb: torch.Tensor, autocast_context) -> LossOut:
     """One optimizer step on the method's loss (its attack included); no host synchronization.
-    ``benchmark.perf`` times this same function as the fast path."""
+    ``benchmark.tools.perf`` times this same function as the fast path."""
     ctx.lr = optimizer.param_groups[0]["lr"]
     with autocast_context:
         out = method.loss(model, xb, yb, ctx)

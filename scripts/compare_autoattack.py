@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmark.data import to_float  # noqa: E402
 from benchmark.data.loader import stratified_subset  # noqa: E402
 from benchmark.data.prepare import evaluation_subset  # noqa: E402
-from benchmark.perf import load_cell_model  # noqa: E402
+from benchmark.tools.perf import load_cell_model  # noqa: E402
 
 
 def compare(cell_dir: Path) -> dict | None:

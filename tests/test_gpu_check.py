@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from benchmark.data import load_dataset
-from benchmark.gpu_check import main as gpu_check_main
-from benchmark.synthetic import CIFAR10_NAMES, write_synthetic_cifar10
+from benchmark.tools.gpu_check import main as gpu_check_main
+from benchmark.tools.synthetic import CIFAR10_NAMES, write_synthetic_cifar10
 
 
 def test_synthetic_cifar10_is_read_by_the_real_cifar_loader(tmp_path):

@@ -1,4 +1,4 @@
-"""``python -m benchmark.perf``: the tiny CPU configuration end to end, the FLOP rule, and the device table."""
+"""``python -m benchmark.tools.perf``: the tiny CPU configuration end to end, the FLOP rule, and the device table."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark.data.loader import stratified_subset, to_float
-from benchmark.perf import PEAK_TFLOPS, device_family, forward_flops_per_image, main, time_autoattack
+from benchmark.tools.perf import PEAK_TFLOPS, device_family, forward_flops_per_image, main, time_autoattack
 from benchmark.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +88,7 @@ def test_small_cuda_run_fills_the_gpu_fields(tmp_path):
 
 
 def test_autoattack_from_a_trained_cell_reads_its_checkpoint_and_data(tmp_path, mnist5k, monkeypatch):
-    """The path ``benchmark.gpu_check`` takes: checkpoint + config of a cell, its test split, AutoAttack."""
+    """The path ``benchmark.tools.gpu_check`` takes: checkpoint + config of a cell, its test split, AutoAttack."""
     monkeypatch.setattr("benchmark.data.prepare.load_dataset", lambda *args, **kwargs: mnist5k)  # loaded once
     from benchmark.config import Config
     from benchmark.data.prepare import prepare_cell_data

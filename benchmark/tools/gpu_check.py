@@ -1,10 +1,10 @@
-"""``python -m benchmark.gpu_check``: the project's check on a CUDA machine (``make gpu-check``).
+"""``python -m benchmark.tools.gpu_check``: the project's check on a CUDA machine (``make gpu-check``).
 
 Runs the GPU-marked tests, then the ``gpu-check`` profile (CIFAR ResNet-18 PGD-10 training of
 PGD-AT and TAET on synthetic CIFAR-10-shaped data through the real CIFAR loader) in fp32 and in bf16,
 and prints one summary: seconds and images/s per training epoch, peak memory, evaluation seconds,
 and whether our PGD-20 and torchattacks' agree. Numbers on synthetic data measure speed, not robustness.
-Then ``benchmark.perf`` (CIFAR ResNet-18 PGD-10 AT: naive loop vs our fast path, PGD-20 evaluation) and
+Then ``benchmark.tools.perf`` (CIFAR ResNet-18 PGD-10 AT: naive loop vs our fast path, PGD-20 evaluation) and
 the authors' AutoAttack (standard, n_classes=10, seed=0; per-stage seconds) on 200 synthetic test images
 of the trained fp32 PGD-AT cell (on a non-robust model the cascade ends after APGD-CE, so this times
 little of the real cost), each in a subprocess with a time limit: a failure shows in the summary, not as a crash.
@@ -64,7 +64,7 @@ def timed_step(command: list[str], out_json: Path, timeout: float) -> dict:
 
 
 def perf_summary(record: dict) -> dict:
-    """The lines of a ``benchmark.perf`` record worth a glance: images/s, s/epoch, % of peak, memory, ratio."""
+    """The lines of a ``benchmark.tools.perf`` record worth a glance: images/s, s/epoch, % of peak, memory, ratio."""
     if "error" in record:
         return record
     keep = ("images_per_s", "epoch_seconds", "achieved_tflops", "percent_of_peak", "peak_memory_mb")
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "--no-progress"])
         timings = {}
         if not args.skip_perf:
-            perf = [sys.executable, "-m", "benchmark.perf"]
+            perf = [sys.executable, "-m", "benchmark.tools.perf"]
             timings["perf"] = perf_summary(timed_step(perf + ["--out", str(out / "perf.json")], out / "perf.json", 240))
             if args.perf_compile:
                 timings["perf_compile"] = perf_summary(timed_step(

@@ -1,4 +1,4 @@
-"""``python -m benchmark.perf`` (``make perf``): PGD-10 adversarial training speed, naive loop vs our fast path.
+"""``python -m benchmark.tools.perf`` (``make perf``): PGD-10 adversarial training speed, naive loop vs our fast path.
 
 Both paths run in one process on the same data (seeded random uint8 images) from the same initial
 weights, over the same number of timed images; warm-up steps run first and are not timed.
@@ -27,7 +27,7 @@ cuDNN allows it, which PyTorch does by default) on a known device, else None. PG
 On a machine without CUDA (or with ``--tiny``) it runs a tiny configuration (a narrow small_cnn on
 1×28×28 images, a few batches) so that tests cover the code path in seconds; its numbers say
 nothing about a GPU. ``--autoattack-from CELL`` instead times the reference AutoAttack on a trained
-cell's model (what ``benchmark.gpu_check`` runs).
+cell's model (what ``benchmark.tools.gpu_check`` runs).
 """
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from attacks import AttackSpec
 from methods import TrainContext, create_method
-from .data.loader import iterate_batches, stratified_subset, to_float
-from .data.transforms import augment
-from .evaluate import InferenceModel, predict
-from .fastpath import autocast, prepare_model, resolve_speed
-from .models import create_model
-from .train import train_step
+from benchmark.data.loader import iterate_batches, stratified_subset, to_float
+from benchmark.data.transforms import augment
+from benchmark.evaluate import InferenceModel, predict
+from benchmark.fastpath import autocast, prepare_model, resolve_speed
+from benchmark.models import create_model
+from benchmark.train import train_step
 
 CIFAR10_LT_IR10_TRAIN = 20_431  # training images of CIFAR-10-LT at IR 10 (5000 · 10^(-c/9), floored, summed)
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by the precision the convolutions run in.
@@ -319,8 +319,8 @@ def time_autoattack(model, x: torch.Tensor, y: torch.Tensor, eps: float, device,
 def load_cell_model(cell_dir: Path, device, data_root: str | None = None):
     """A finished or resumable cell's model as attacks see it (inputs in [0, 1] → inference logits), with
     its config, data and trained epochs, rebuilt from ``checkpoint.pt``."""
-    from .config import Config
-    from .data.prepare import prepare_cell_data
+    from benchmark.config import Config
+    from benchmark.data.prepare import prepare_cell_data
 
     state = torch.load(Path(cell_dir) / "checkpoint.pt", map_location=device, weights_only=False)
     cfg = Config(**state["config"])
@@ -349,7 +349,7 @@ def _tri(value):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.tools.perf", description=__doc__.splitlines()[0])
     p.add_argument("--model", help="model name (default: resnet18; tiny: small_cnn)")
     p.add_argument("--batch-size", type=int, help="default 128 (tiny 16)")
     p.add_argument("--images", type=int, help="timed training images per path (default 5120; tiny 32)")
