@@ -43,28 +43,10 @@ The authors pick the epoch with the best PGD-20 robustness on the test set from 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
+from .losses import balanced_softmax_loss, log_prior
 from .schedule import COMMON_MILESTONES
-
-
-def log_prior(class_counts: torch.Tensor) -> torch.Tensor:
-    """log n_c as fp32, after checking that every class has at least one training example."""
-    counts = torch.as_tensor(class_counts).float()
-    empty = (counts <= 0).nonzero().flatten().tolist()
-    if empty:
-        raise UsageError(f"at_bsl: class(es) {', '.join(map(str, empty))} have no training examples; "
-                         "the balanced softmax needs log n_c > -inf for every class")
-    return counts.log()
-
-
-def balanced_softmax_loss(logits: torch.Tensor, y: torch.Tensor, log_n: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of CE(z + log n, y): cross-entropy with the log class counts added to every row."""
-    shifted = logits.float() + log_n.to(logits.device)  # [B, C] + [C] broadcasts over the batch
-    return F.cross_entropy(shifted, y)
 
 
 PAPER = {

@@ -13,6 +13,7 @@ import torch
 
 from attacks import AttackSpec, run_attack
 from benchmark.errors import UsageError
+from benchmark.registry import Registry
 
 
 @dataclass
@@ -96,40 +97,50 @@ class Method:
         pass
 
 
-METHODS: dict[str, type[Method]] = {}  # registry name -> Method subclass
+_METHODS: Registry[type[Method]] = Registry("method")  # registry name -> Method subclass
+METHODS = _METHODS.entries()  # read-only view, name -> class (look one up with get_method)
 
 
-def register_method(name: str):
-    """Class decorator: make a Method available under ``name`` (duplicates are an error)."""
+def register_method(name: str, **metadata):
+    """Class decorator: make a Method available under ``name`` (duplicates are an error).
+
+    The metadata recorded beside it are the class's ``summary``, ``paper`` and preset names, plus ``metadata``.
+    """
 
     def decorate(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice ({METHODS[name].__module__}, {cls.__module__})")
+        _METHODS.register(name, cls, summary=cls.summary, paper=cls.paper, presets=sorted(cls.presets), **metadata)
         cls.name = name
-        METHODS[name] = cls
         return cls
 
     return decorate
 
 
-def list_methods() -> list[str]:
-    return sorted(METHODS)
+def list_methods(pattern: str | None = None) -> list[str]:
+    """Registered method names, sorted; ``pattern`` (fnmatch, e.g. ``"at*"``) keeps those it matches."""
+    return _METHODS.list(pattern)
+
+
+def method_metadata(name: str) -> dict:
+    """What ``name`` was registered with: summary, paper, presets and any extra metadata."""
+    return _METHODS.metadata(name)
 
 
 def describe_methods() -> list[str]:
     """One line per registered method: name, one-line summary, paper and presets."""
     lines = []
     for name in list_methods():
-        cls = METHODS[name]
+        cls = _METHODS.get(name)
         presets = ", ".join(sorted(cls.presets)) or "-"
         lines.append(f"{name:<9} {cls.summary} [{cls.paper}] presets: {presets}")
     return lines
 
 
-def get_method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise UsageError(f"unknown method {name!r}; known methods: {', '.join(list_methods())}")
-    return METHODS[name]
+def get_method(name: str) -> type[Method]:
+    """The Method class registered under ``name``; "unknown method 'x'; known methods: …" otherwise."""
+    return _METHODS.get(name)
+
+
+get_method_class = get_method  # the older name, used across the harness
 
 
 def create_method(name: str, **hparams) -> Method:

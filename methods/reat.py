@@ -64,8 +64,8 @@ Choices, and where they differ from the authors' code:
     So as coded, RBL does not change the training examples, and the authors' numbers come from BSL +
     TAIL on plain-CE PGD examples. We keep RBL as written: it is their method, and an attack that is
     not sign-based would feel it.
-  * BSL comes from ``at_bsl`` (τ = 1, fp32): a class with no training example is a UsageError rather
-    than the authors' silent clamp of its count to 1 (our long-tailed subsets never hold one).
+  * BSL comes from ``losses`` (as in ``at_bsl``; τ = 1, fp32): a class with no training example is a
+    UsageError rather than the authors' silent clamp of its count to 1 (our long-tailed subsets never hold one).
   * The authors' PGD starts from x + U[−ε, ε] without clamping to [0, 1] before the first step; ours
     (``attacks.random_start``) clamps. Their extra clean eval-mode forward per step is for logging only
     and is left out. BSL and TAIL are computed in fp32 from the (under bf16 autocast, bf16) logits and
@@ -95,9 +95,8 @@ import torch.nn.functional as F
 from attacks import fgsm, pgd
 from benchmark.errors import UsageError
 
-from .at_bsl import balanced_softmax_loss, log_prior
 from .base import LossOut, Method, register_method
-from .losses import at_least_fp32
+from .losses import at_least_fp32, balanced_softmax_loss, log_prior
 
 TAIL_RULES = ("rank", "index")
 TAIL_REDUCTIONS = ("mean", "per_pair")
