@@ -10,32 +10,35 @@ from torch import nn
 
 from benchmark.errors import UsageError
 from benchmark.models.base import Classifier, InputNormalize
+from benchmark.registry import Registry
 
 ModelFactory = Callable[..., Classifier]
 
-_FACTORIES: dict[str, ModelFactory] = {}
+_MODELS: Registry[ModelFactory] = Registry("model")  # model name -> factory
+_FACTORIES = _MODELS.entries()  # read-only view, name -> factory
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    """Register `fn(num_classes, in_channels=3, **kw) -> Classifier` under `name`.
+def register_model(name: str, **metadata) -> Callable[[ModelFactory], ModelFactory]:
+    """Register `fn(num_classes, in_channels=3, **kw) -> Classifier` under `name`, with optional metadata.
 
     A second registration of the same name is a programming error and raises, so one
     family can never silently shadow another.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
-
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        if name in _FACTORIES:
-            raise ValueError(f"model {name!r} is already registered")
-        _FACTORIES[name] = factory
-        return factory
-
-    return decorator
+    return _MODELS.register(name, **metadata)
 
 
-def list_models() -> list[str]:
-    return sorted(_FACTORIES)
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted; ``pattern`` (fnmatch, e.g. ``"wrn*"``) keeps those it matches."""
+    return _MODELS.list(pattern)
+
+
+def get_model(name: str) -> ModelFactory:
+    """The factory registered under ``name``; "unknown model 'x'; known models: …" otherwise."""
+    return _MODELS.get(name)
+
+
+def model_metadata(name: str) -> dict:
+    return _MODELS.metadata(name)
 
 
 def _check_positive_int(value, what: str) -> None:
@@ -71,9 +74,7 @@ def create_model(
     see [0, 1]; without them it runs on raw [0, 1] pixels, as AT-BSL trains ResNet-18.
     Family-specific options go in `kw`; unknown ones raise UsageError.
     """
-    factory = _FACTORIES.get(name)
-    if factory is None:
-        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    factory = get_model(name)
     _check_positive_int(num_classes, "num_classes")
     _check_positive_int(in_channels, "in_channels")
     if (mean is None) != (std is None):
