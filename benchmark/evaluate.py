@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
 from .data.loader import stratified_subset, to_float
-from .results import save_npz_atomic
+from .atomic import save_npz_atomic
 
 
 class InferenceModel(torch.nn.Module):

@@ -24,33 +24,22 @@ from .data.prepare import evaluation_subset, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
 from .models import create_model
-from .results import (SCHEMA_VERSION, cpu_name, harness_commit, package_versions, peak_rss_mb, read_json, save_npz_atomic,
-                      write_json_atomic, write_text_atomic)
-from .train import CHECKPOINT, pick_device, seed_everything, train
-
-METRICS = "metrics.json"
-PREDICTIONS = "predictions.npz"  # per-example labels and predictions of every attack, for audits
-EVAL_PROGRESS = "eval_progress"  # per-attack partial predictions while an evaluation runs (resumable)
-
-
-def cell_status(cell_dir: Path) -> str:
-    if (cell_dir / METRICS).exists():
-        return "done"
-    if (cell_dir / CHECKPOINT).exists():
-        return "resumable"
-    return "new"
-
+from .atomic import save_npz_atomic, write_json_atomic, write_text_atomic
+from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, PREDICTIONS_FILE, SUPERSEDED_DIR, CellRecord,
+                   cell_status, read_record, write_record)
+from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
+from .train import pick_device, seed_everything, train
 
 def _set_aside(cell_dir: Path) -> Path:
     """Move a cell's files into ``superseded/<time>/`` before a forced re-run (never overwrite results)."""
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    target, n = cell_dir / "superseded" / stamp, 1
+    target, n = cell_dir / SUPERSEDED_DIR / stamp, 1
     while target.exists():
         n += 1
-        target = cell_dir / "superseded" / f"{stamp}-{n}"
+        target = cell_dir / SUPERSEDED_DIR / f"{stamp}-{n}"
     target.mkdir(parents=True)
     for item in list(cell_dir.iterdir()):
-        if item.name != "superseded":
+        if item.name != SUPERSEDED_DIR:
             shutil.move(str(item), target / item.name)
     return target
 
@@ -68,16 +57,16 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     cell_dir = Path(results_dir) / cfg.key()
     status = cell_status(cell_dir)
     if status == "done" and not force:
-        return read_json(cell_dir / METRICS)
+        return read_record(cell_dir).to_json()
     if force and status != "new":  # a forced run starts over, finished or not
         moved = _set_aside(cell_dir)
         print(f"--force: previous files of {cell_dir.name} moved to {moved}", file=sys.stderr)
     cell_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cell_dir / "config.yaml", yaml.safe_dump(cfg.resolved(), sort_keys=False))
+    write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(cfg.resolved(), sort_keys=False))
 
     device = pick_device(cfg.device)
     data = prepare_cell_data(cfg)
-    write_json_atomic(cell_dir / "indices.json", {
+    write_json_atomic(cell_dir / INDICES_FILE, {
         "train_indices": data.train_indices.tolist(),
         "test_indices": data.test_indices.tolist() if data.test_indices is not None else None,
         "val_indices": data.val_indices.tolist() if data.val_indices is not None else None,
@@ -91,7 +80,7 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
     started = time.perf_counter()
     inference, attack_specs = InferenceModel(model, method), cfg.eval_attack_specs()
     result = evaluate(inference, x_eval, y_eval, attack_specs, cfg.eval_batch_size, device, seed=cfg.seed,
-                      progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS)
+                      progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR)
     audit = build_audit(y_eval.numpy(), result["predictions"], attack_specs, result["records"], data.num_classes,
                         zero_gradient_fraction(inference, x_eval, y_eval, cfg.eval_batch_size, device))
     cost["eval_seconds"] = time.perf_counter() - started
@@ -103,36 +92,34 @@ def run_cell(cfg: Config, results_dir: Path, force: bool = False, progress: bool
         cost["device_name"] = cpu_name()
     cost["peak_rss_mb"] = peak_rss_mb()
     cost["harness_commit"] = harness_commit()
-    save_npz_atomic(cell_dir / PREDICTIONS, y=y_eval.numpy(),
+    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
                     eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
                     **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
     summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts,
                                    outside_worst_case=outside_worst_case(attack_specs, cfg.eps_value))
-    metrics = {
-        "schema_version": SCHEMA_VERSION,
-        "cell_key": cell_dir.name,
-        "status": "complete",
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "method": {"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
-        "data": {"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
-                 "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
-                 "train_size": int(sum(data.train_counts)),
-                 "test_split": "natural" if data.name in NATURALLY_IMBALANCED else cfg.test_split,
-                 "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
-                 "eval_examples": int(len(y_eval)),
-                 "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
-        "seeds": {"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
-        "evaluation": {**summary, "attack_records": result["records"]},
-        "model_selection": cost.pop("model_selection"),
-        **({"method_diagnostics": diag} if (diag := cost.pop("method_diagnostics", None)) else {}),  # TAET: its plateau
-        "audit": audit,
-        "cost": cost,
-        "config": cfg.resolved(),
-        "versions": package_versions(),
-    }
-    write_json_atomic(cell_dir / METRICS, metrics)
-    shutil.rmtree(cell_dir / EVAL_PROGRESS, ignore_errors=True)  # partial attack results, now in predictions.npz
-    return metrics
+    record = CellRecord(
+        cell_key=cell_dir.name,
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        method={"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
+        data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
+              "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
+              "train_size": int(sum(data.train_counts)),
+              "test_split": "natural" if data.name in NATURALLY_IMBALANCED else cfg.test_split,
+              "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
+              "eval_examples": int(len(y_eval)),
+              "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
+        seeds={"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
+        evaluation={**summary, "attack_records": result["records"]},
+        model_selection=cost.pop("model_selection"),
+        method_diagnostics=cost.pop("method_diagnostics", None) or None,  # TAET: its plateau
+        audit=audit,
+        cost=cost,
+        config=cfg.resolved(),
+        versions=package_versions(),
+    )
+    write_record(cell_dir, record)
+    shutil.rmtree(cell_dir / EVAL_PROGRESS_DIR, ignore_errors=True)  # partial attack results, now in predictions.npz
+    return record.to_json()
 
 
 def format_cell_table(metrics: dict) -> str:

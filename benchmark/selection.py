@@ -23,7 +23,7 @@ import torch
 
 from attacks import AttackSpec
 from .evaluate import predict
-from .results import save_torch_atomic
+from .atomic import save_torch_atomic
 
 SELECTIONS = ("final", "val_best", "test_best")
 BEST = "best.pt"

@@ -5,8 +5,10 @@ number on the report page can be checked against one row here. Nothing in the ta
 predictions: the numbers are the ones ``metrics.json`` records (per-example outcomes, for paired tests, are
 read separately and must agree with them; see below).
 
-``load_results(root)`` reads ``<root>/<cell>/metrics.json`` for every folder directly under ``root`` and
-returns a :class:`ResultStore`. A folder that cannot be used (no ``metrics.json`` yet, ``status`` other
+``load_results(root)`` reads ``<root>/<cell>/metrics.json`` (``benchmark.cell.read_record``) for every folder
+directly under ``root`` and returns a :class:`ResultStore`: the tables below, each cell's typed
+:class:`~benchmark.cell.CellRecord` (``store.record(key)``) and accessors the report uses instead of raw JSON.
+A folder that cannot be used (no ``metrics.json`` yet, ``status`` other
 than ``complete``, unreadable JSON, another ``schema_version``, a missing or malformed field) is listed in
 ``ResultStore.skipped`` as ``(path, reason)``, never raised.
 
@@ -15,12 +17,12 @@ Schema (``STORE_SCHEMA_VERSION`` = 1). Recalls and accuracies are fractions in [
 Cell identity columns, on every row of both tables:
 
     cell_key         the cell's folder name (the runner names it after the cell key)
-    setting          short hash of the resolved config without the training seed and location fields:
-                     cells that differ only by training seed share it and are averaged together
+    setting          the cell key's rule without the training seed (``benchmark.cell.setting_of``): cells
+                     that differ only by training seed share it and are averaged together
     dataset, imbalance_ratio (float), test_split ('balanced' | 'longtail' | 'natural'),
     method, preset (None without one), method_label ('taet.authors'), model,
     seed (training seed), subset_seed, eps (float), eps_label (as the profile wrote it: '8/255'),
-    norm ('Linf' unless an attack spec says otherwise), eval_examples (test examples of the cell),
+    norm ('Linf': every attack of the harness is L∞), eval_examples (test examples of the cell),
     selection (model_selection's label: 'final epoch', 'validation-selected', 'test-selected'; None if
     not recorded), device ('cpu', 'cuda', ...), train_seconds, eval_seconds, flags (tuple of audit flag
     strings), n_flags
@@ -55,7 +57,6 @@ the attacks ``evaluation.attacks.worst_case.over`` names, and its per-class coun
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import zipfile
@@ -66,17 +67,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from .cell import LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, SCHEMA_VERSION, BadCell, CellRecord, read_record, setting_of
 from .metrics import WORST_CASE, WORST_CASE_ALL_EXAMPLES, class_groups
-from .results import SCHEMA_VERSION
 
-STORE_SCHEMA_VERSION = 1
-METRICS_FILE = "metrics.json"
-LOG_FILE = "log.jsonl"
-PREDICTIONS_FILE = "predictions.npz"
+STORE_SCHEMA_VERSION = SCHEMA_VERSION  # one version: the cell record's (benchmark.cell)
 CLEAN = "clean"
 TAIL_GROUPS = ("tail", "few")  # names of the smallest-count group (10-class and 100-class conventions)
-# Config fields that do not change what is computed (where, and the seed the averaging runs over).
-_NOT_SETTING = ("seed", "data_root", "download", "device")
+THREAT_NORM = "Linf"  # every attack of the harness is L∞ (attacks/ has no other norm); a leaderboard column
 
 CELL_COLUMNS = ["cell_key", "setting", "dataset", "imbalance_ratio", "test_split", "method", "preset",
                 "method_label", "model", "seed", "subset_seed", "eps", "eps_label", "norm", "eval_examples",
@@ -92,10 +89,6 @@ class Skipped(NamedTuple):
     reason: str
 
 
-class BadCell(ValueError):
-    """A metrics.json that is readable JSON but not a complete cell of the schema this store reads."""
-
-
 class Outcomes(NamedTuple):
     """Per-example worst-case correctness of one cell, on the examples every attack of its worst case covered."""
 
@@ -109,7 +102,8 @@ class ResultStore:
     root: Path
     classes: pd.DataFrame  # cell × attack × class
     cells: pd.DataFrame  # cell × attack
-    metrics: dict[str, dict] = field(default_factory=dict)  # cell_key -> metrics.json as read
+    records: dict[str, CellRecord] = field(default_factory=dict)  # cell_key -> its record (what the report reads)
+    metrics: dict[str, dict] = field(default_factory=dict)  # cell_key -> metrics.json as read (for notebooks)
     paths: dict[str, Path] = field(default_factory=dict)  # cell_key -> cell folder
     skipped: list[Skipped] = field(default_factory=list)
     outcome_problems: dict[str, str] = field(default_factory=dict)  # cell_key -> why it has no outcomes
@@ -117,7 +111,21 @@ class ResultStore:
 
     @property
     def empty(self) -> bool:
-        return not self.metrics
+        return not self.records
+
+    def record(self, cell_key: str) -> CellRecord:
+        """One cell's typed record (``benchmark.cell.CellRecord``)."""
+        return self.records[cell_key]
+
+    def class_names(self, cell_key: str) -> list[str]:
+        return self.records[cell_key].classes
+
+    def attack_records(self, cell_key: str) -> dict[str, dict]:
+        """The cell's per-attack run records: spec, label, description (where recorded), seconds, sanity."""
+        return self.records[cell_key].attack_records
+
+    def tail_classes(self, cell_key: str) -> list[int]:
+        return tail_classes(self.records[cell_key])
 
     def log(self, cell_key: str) -> list[dict]:
         return read_log(self.paths[cell_key] / LOG_FILE)
@@ -128,7 +136,7 @@ class ResultStore:
         if cell_key not in self._outcomes:
             try:
                 self._outcomes[cell_key] = read_outcomes(self.paths[cell_key] / PREDICTIONS_FILE,
-                                                         self.metrics[cell_key])
+                                                         self.records[cell_key])
             except BadCell as err:
                 self._outcomes[cell_key] = None
                 self.outcome_problems[cell_key] = str(err)
@@ -144,15 +152,16 @@ def load_results(root: str | Path) -> ResultStore:
     for cell_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         path = cell_dir / METRICS_FILE
         try:
-            metrics = _read_metrics(path)
-            info = cell_info(cell_dir.name, metrics)
-            classes, attacks = _explode(info, metrics)
+            record = read_record(path)
+            info = cell_info(cell_dir.name, record)
+            classes, attacks = _explode(info, record)
         except BadCell as err:
             store.skipped.append(Skipped(path if path.exists() else cell_dir, str(err)))
             continue
         class_rows += classes
         attack_rows += attacks
-        store.metrics[cell_dir.name] = metrics
+        store.records[cell_dir.name] = record
+        store.metrics[cell_dir.name] = record.to_json()
         store.paths[cell_dir.name] = cell_dir
     store.classes = pd.DataFrame(class_rows, columns=CLASS_COLUMNS)
     store.cells = cells_frame(attack_rows)
@@ -183,10 +192,11 @@ def read_log(path: Path) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def read_outcomes(path: Path, metrics: dict) -> Outcomes:
-    """Worst-case outcomes from one predictions.npz, checked against the cell's metrics (see the module
+def read_outcomes(path: Path, record: CellRecord | dict) -> Outcomes:
+    """Worst-case outcomes from one predictions.npz, checked against the cell's record (see the module
     docstring); BadCell with the reason when they cannot be used."""
-    worst = (metrics.get("evaluation", {}).get("attacks") or {}).get(WORST_CASE)
+    attacks = record.attacks if isinstance(record, CellRecord) else (record.get("evaluation", {}).get("attacks") or {})
+    worst = attacks.get(WORST_CASE)
     if not isinstance(worst, dict):
         raise BadCell("no worst case recorded (no attack evaluated)")
     if not Path(path).exists():
@@ -221,32 +231,13 @@ def read_outcomes(path: Path, metrics: dict) -> Outcomes:
     return Outcomes(ids[covered], y[covered], correct)
 
 
-def _read_metrics(path: Path) -> dict:
-    if not path.exists():
-        has_checkpoint = (path.parent / "checkpoint.pt").exists()
-        raise BadCell("no metrics.json" + (" (unfinished: a checkpoint is there)" if has_checkpoint else ""))
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BadCell(f"unreadable metrics.json: {err}") from None
-    if not isinstance(metrics, dict):
-        raise BadCell("metrics.json is not a JSON object")
-    if metrics.get("schema_version") != SCHEMA_VERSION:
-        raise BadCell(f"schema_version {metrics.get('schema_version')!r} (this report reads {SCHEMA_VERSION})")
-    if metrics.get("status") != "complete":
-        raise BadCell(f"status {metrics.get('status')!r}, not 'complete'")
-    return metrics
-
-
-def _get(metrics: dict, dotted: str, kind: type | tuple = object) -> Any:
-    value: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise BadCell(f"missing field {dotted}")
-        value = value[part]
-    if not isinstance(value, kind):
-        raise BadCell(f"field {dotted} has the wrong type ({type(value).__name__})")
-    return value
+def _get(part: dict, name: str, kind: type | tuple = object, where: str = "method.") -> Any:
+    """A field the tables cannot do without, checked once here: BadCell when missing or mistyped."""
+    if name not in part:
+        raise BadCell(f"missing field {where}{name}")
+    if not isinstance(part[name], kind):
+        raise BadCell(f"field {where}{name} has the wrong type ({type(part[name]).__name__})")
+    return part[name]
 
 
 def eps_label(value: Any) -> str:
@@ -257,41 +248,34 @@ def eps_label(value: Any) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{float(value):g}"
 
 
-def cell_info(cell_key: str, metrics: dict) -> dict:
+def cell_info(cell_key: str, record: CellRecord) -> dict:
     """The identity and cost columns of one cell (see the module docstring)."""
-    config = metrics.get("config") if isinstance(metrics.get("config"), dict) else {}
-    records = metrics.get("evaluation", {}).get("attack_records") or {}
-    specs = [r["spec"] for r in records.values() if isinstance(r, dict) and isinstance(r.get("spec"), dict)]
+    config, cost = record.config, record.cost
+    specs = [r["spec"] for r in record.attack_records.values() if isinstance(r.get("spec"), dict)]
     eps = config.get("eps_value", specs[0].get("eps") if specs else None)
-    cost = metrics.get("cost") if isinstance(metrics.get("cost"), dict) else {}
-    flags = (metrics.get("audit") or {}).get("flags") or []
-    name, preset = str(_get(metrics, "method.name")), _get(metrics, "method.preset", (str, type(None)))
-    setting_source = {k: v for k, v in config.items() if k not in _NOT_SETTING} or {
-        "method": name, "preset": preset, "dataset": metrics["data"].get("dataset")}
-    seeds = metrics.get("seeds") if isinstance(metrics.get("seeds"), dict) else {}
+    name, preset = str(_get(record.method, "name")), _get(record.method, "preset", (str, type(None)))
     return {
         "cell_key": cell_key,
-        "setting": hashlib.sha1(json.dumps(setting_source, sort_keys=True, default=str).encode()).hexdigest()[:8],
-        "dataset": str(_get(metrics, "data.dataset")),
-        "imbalance_ratio": float(_get(metrics, "data.imbalance_ratio", (int, float))),
-        "test_split": str(_get(metrics, "data.test_split")),
+        "setting": setting_of(config or {"method": name, "preset": preset, "dataset": record.data.get("dataset")}),
+        "dataset": str(_get(record.data, "dataset", object, "data.")),
+        "imbalance_ratio": float(_get(record.data, "imbalance_ratio", (int, float), "data.")),
+        "test_split": str(_get(record.data, "test_split", object, "data.")),
         "method": name,
         "preset": preset,
-        "method_label": name if not preset else f"{name}.{preset}",
+        "method_label": record.method_label,
         "model": str(config.get("model", "?")),
-        "seed": seeds.get("training", config.get("seed")),
-        "subset_seed": seeds.get("subset", metrics["data"].get("subset_seed")),
+        "seed": record.training_seed,
+        "subset_seed": record.seeds.get("subset", record.data.get("subset_seed")),
         "eps": float(eps) if isinstance(eps, (int, float)) else math.nan,
         "eps_label": eps_label(config.get("eps", eps)) if eps is not None else "?",
-        "norm": str(specs[0].get("norm", "Linf")) if specs else "Linf",
-        "eval_examples": metrics["data"].get("eval_examples"),
-        "selection": (metrics.get("model_selection") or {}).get("label") if isinstance(
-            metrics.get("model_selection"), dict) else None,
+        "norm": THREAT_NORM,
+        "eval_examples": record.data.get("eval_examples"),
+        "selection": record.selection_label,
         "device": str(cost.get("device", "?")),
         "train_seconds": _number(cost.get("train_seconds")),
         "eval_seconds": _number(cost.get("eval_seconds")),
-        "flags": tuple(str(f) for f in flags),
-        "n_flags": len(flags),
+        "flags": tuple(record.flags),
+        "n_flags": len(record.flags),
     }
 
 
@@ -299,29 +283,29 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
 
 
-def class_group_of(metrics: dict) -> dict[int, str]:
+def class_group_of(record: CellRecord) -> dict[int, str]:
     """class index -> group name: ``evaluation.groups`` when recorded, else by training-count rank."""
-    groups = metrics.get("evaluation", {}).get("groups") or class_groups(metrics["data"]["train_counts"])
+    groups = record.evaluation.get("groups") or class_groups(record.train_counts)
     return {int(c): name for name, members in groups.items() for c in members}
 
 
-def tail_classes(metrics: dict) -> list[int]:
+def tail_classes(record: CellRecord) -> list[int]:
     """The tail ('tail' or 'few') classes of a cell, in class-index order."""
-    groups = class_group_of(metrics)
+    groups = class_group_of(record)
     return sorted(c for c, name in groups.items() if name in TAIL_GROUPS)
 
 
-def _explode(info: dict, metrics: dict) -> tuple[list[dict], list[dict]]:
-    classes = _get(metrics, "data.classes", list)
-    counts = _get(metrics, "data.train_counts", list)
-    support = _get(metrics, "evaluation.test_support", list)
-    attacks = _get(metrics, "evaluation.attacks", dict)
+def _explode(info: dict, record: CellRecord) -> tuple[list[dict], list[dict]]:
+    classes = _get(record.data, "classes", list, "data.")
+    counts = _get(record.data, "train_counts", list, "data.")
+    support = _get(record.evaluation, "test_support", list, "evaluation.")
+    attacks = _get(record.evaluation, "attacks", dict, "evaluation.")
     n = len(classes)
     if len(counts) != n or len(support) != n:
         raise BadCell(f"data.train_counts / evaluation.test_support do not have one entry per class ({n})")
     if CLEAN not in attacks:
         raise BadCell("evaluation.attacks has no 'clean' entry")
-    group_of = class_group_of(metrics)
+    group_of = class_group_of(record)
     rank = {c: r for r, c in enumerate(sorted(range(n), key=lambda c: (-counts[c], c)))}
     class_rows, attack_rows = [], []
     for attack, m in attacks.items():
@@ -357,6 +341,6 @@ def _attack_support(m: dict, support: list[int]) -> list[int]:
     return list(support)
 
 
-__all__ = ["STORE_SCHEMA_VERSION", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE",
+__all__ = ["STORE_SCHEMA_VERSION", "BadCell", "CellRecord", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE",
            "load_results", "cells_frame", "read_log", "cell_info",
            "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN"]

@@ -26,10 +26,8 @@ from .evaluate import InferenceModel, predict
 from .metrics import per_class_recall
 from .selection import BEST, Selector
 from .fastpath import autocast, prepare_model, resolve_amp, speed_of
-from .results import save_torch_atomic
-
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
+from .atomic import save_torch_atomic
+from .cell import CHECKPOINT_FILE, LOG_FILE
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -119,7 +117,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
     selector = make_selector(cfg, data, cell_dir)
 
     start_epoch, seconds = 0, 0.0
-    checkpoint_path, log_path = cell_dir / CHECKPOINT, cell_dir / LOG
+    checkpoint_path, log_path = cell_dir / CHECKPOINT_FILE, cell_dir / LOG_FILE
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])

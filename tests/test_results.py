@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 
-from benchmark.results import harness_commit, peak_rss_mb
+from benchmark.provenance import harness_commit, peak_rss_mb
 from benchmark.runner import format_grid_summary
 
 

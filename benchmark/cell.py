@@ -1,0 +1,222 @@
+"""A cell on disk: its file names, the record schema, its status and its identity.
+
+A cell's folder ``results/<cell key>/`` holds ``config.yaml``, ``indices.json``, ``log.jsonl``, the
+checkpoint, per-attack partial predictions in ``eval_progress/`` while an evaluation runs and, once
+finished, ``predictions.npz`` and ``metrics.json``: a :class:`CellRecord` that the runner writes with
+:func:`write_record` and the store reads with :func:`read_record`. A forced re-run moves earlier files into
+``superseded/<time>/``.
+
+Identity: the cell key is ``<dataset>-ir<IR>-<method>-<model>-s<seed>-<digest>``, the digest hashing the
+resolved config without locations and the as-written forms that the resolved config spells out
+(:func:`cell_key`, what ``Config.key()`` computes). A *setting* is the same rule without the training seed
+(:func:`setting_of`): cells that differ only by training seed share it and are averaged together.
+
+This module imports neither torch nor the configuration, so the report reads cells without either.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypedDict
+
+from .atomic import write_json_atomic
+
+SCHEMA_VERSION = 1  # of metrics.json; the store reads this version only
+
+CONFIG_FILE = "config.yaml"
+INDICES_FILE = "indices.json"
+LOG_FILE = "log.jsonl"
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.npz"  # per-example labels and predictions of every attack, for audits
+EVAL_PROGRESS_DIR = "eval_progress"  # per-attack partial predictions while an evaluation runs (resumable)
+SUPERSEDED_DIR = "superseded"
+
+# What the cell key leaves out of the resolved config: where things are, and the as-written forms whose
+# resolved values (eps_value, *_spec(s), method_hparams, milestone_epochs) it hashes instead.
+LOCATION_FIELDS = ("data_root", "download", "device")
+AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
+                     "select_from")
+
+Status = Literal["done", "resumable", "new"]
+
+
+class BadCell(ValueError):
+    """A metrics.json that is missing, unreadable, or not a complete record of the schema read here."""
+
+
+def cell_status(cell_dir: Path) -> Status:
+    """``done`` (its record is written), ``resumable`` (a checkpoint, no record yet) or ``new``."""
+    cell_dir = Path(cell_dir)
+    if (cell_dir / METRICS_FILE).exists():
+        return "done"
+    if (cell_dir / CHECKPOINT_FILE).exists():
+        return "resumable"
+    return "new"
+
+
+def _identity(resolved: dict, drop: tuple[str, ...] = ()) -> dict:
+    semantic = {k: v for k, v in resolved.items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS + drop}
+    if resolved.get("selection") != "val_best":  # the validation split is carved only for val_best
+        semantic.pop("val_fraction", None)
+    return semantic
+
+
+def _digest(fields: dict, n: int) -> str:
+    return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def cell_key(resolved: dict) -> str:
+    """The cell key of a resolved config (``Config.resolved()``): readable prefix + 10-digit digest."""
+    ir = f"{float(resolved['imbalance_ratio']):g}"
+    return (f"{resolved['dataset']}-ir{ir}-{resolved['method']}-{resolved['model']}-s{resolved['seed']}-"
+            f"{_digest(_identity(resolved), 10)}")
+
+
+def setting_of(resolved: dict) -> str:
+    """The cell key's rule without the training seed: an 8-digit digest shared by a cell's seeds."""
+    return _digest(_identity(resolved, drop=("seed",)), 8)
+
+
+class MethodInfo(TypedDict):
+    name: str
+    preset: str | None
+    hparams: dict
+
+
+class DataInfo(TypedDict, total=False):
+    dataset: str
+    classes: list
+    imbalance_ratio: float
+    subset_seed: int
+    train_counts: list
+    train_size: int
+    test_split: str  # 'balanced' | 'longtail' | 'natural'
+    balanced_robustness_equals_robust_accuracy: bool
+    eval_examples: int
+    eval_subset: str
+
+
+class Seeds(TypedDict):
+    training: int
+    subset: int
+    eval_attack_start: int
+
+
+# Top-level fields in the order metrics.json has always had them; the required ones must be present.
+_ORDER = ("schema_version", "cell_key", "status", "finished_at", "method", "data", "seeds", "evaluation",
+          "model_selection", "method_diagnostics", "audit", "cost", "config", "versions")
+_REQUIRED = {"method": dict, "data": dict, "evaluation": dict}
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One finished cell (``metrics.json``). Top-level parts are typed; their insides are the JSON the
+    evaluation, audit and cost code produce (see the store's docstring for what the report uses)."""
+
+    cell_key: str
+    finished_at: str
+    method: MethodInfo
+    data: DataInfo
+    seeds: Seeds | dict
+    evaluation: dict  # per-class summary (metrics.summarize_evaluation) + attack_records
+    audit: dict
+    cost: dict
+    config: dict  # the resolved config
+    versions: dict
+    model_selection: dict | None = None  # absent in the oldest records
+    method_diagnostics: dict | None = None  # only where a method records some (TAET: its plateau)
+    schema_version: int = SCHEMA_VERSION
+    status: str = "complete"
+    extra: dict = field(default_factory=dict)  # fields of a newer writer, kept as they are
+
+    def to_json(self) -> dict:
+        values = {name: getattr(self, name) for name in _ORDER}
+        out = {k: v for k, v in values.items() if v is not None or k not in ("model_selection", "method_diagnostics")}
+        return {**out, **self.extra}
+
+    @classmethod
+    def from_json(cls, raw: Any) -> CellRecord:
+        if not isinstance(raw, dict):
+            raise BadCell("metrics.json is not a JSON object")
+        if raw.get("schema_version") != SCHEMA_VERSION:
+            raise BadCell(f"schema_version {raw.get('schema_version')!r} (this report reads {SCHEMA_VERSION})")
+        if raw.get("status") != "complete":
+            raise BadCell(f"status {raw.get('status')!r}, not 'complete'")
+        for name, kind in _REQUIRED.items():
+            if not isinstance(raw.get(name), kind):
+                raise BadCell(f"missing field {name}" if name not in raw else f"field {name} has the wrong type")
+        known = {k: raw[k] for k in _ORDER if k in raw}
+        dict_or_empty = {k: known.get(k) if isinstance(known.get(k), dict) else {}
+                         for k in ("seeds", "audit", "cost", "config", "versions")}
+        return cls(cell_key=str(raw.get("cell_key", "")), finished_at=str(raw.get("finished_at", "")),
+                   method=known["method"], data=known["data"], evaluation=known["evaluation"],
+                   model_selection=known.get("model_selection"), method_diagnostics=known.get("method_diagnostics"),
+                   schema_version=known["schema_version"], status=known["status"], **dict_or_empty,
+                   extra={k: v for k, v in raw.items() if k not in _ORDER})
+
+    # Typed accessors: what readers ask of a cell, each in one place.
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.data.get("classes", [])]
+
+    @property
+    def train_counts(self) -> list[int]:
+        return list(self.data.get("train_counts", []))
+
+    @property
+    def attacks(self) -> dict[str, dict]:
+        """Per-attack summaries (``evaluation.attacks``): clean, each attack, the worst case(s)."""
+        return self.evaluation.get("attacks") or {}
+
+    @property
+    def attack_records(self) -> dict[str, dict]:
+        """Per-attack run records (``evaluation.attack_records``): spec, label, seconds, sanity, cascade."""
+        records = self.evaluation.get("attack_records")
+        return {k: v for k, v in records.items() if isinstance(v, dict)} if isinstance(records, dict) else {}
+
+    def confusion_matrix(self, attack: str) -> list[list[int]] | None:
+        matrix = (self.attacks.get(attack) or {}).get("confusion_matrix")
+        return matrix if isinstance(matrix, list) else None
+
+    @property
+    def flags(self) -> list[str]:
+        return [str(f) for f in (self.audit.get("flags") or [])]
+
+    @property
+    def selection_label(self) -> str | None:
+        return self.model_selection.get("label") if isinstance(self.model_selection, dict) else None
+
+    @property
+    def method_label(self) -> str:
+        preset = self.method.get("preset")
+        return str(self.method.get("name")) + (f".{preset}" if preset else "")
+
+    @property
+    def training_seed(self) -> Any:
+        return self.seeds.get("training", self.config.get("seed"))
+
+
+def write_record(cell_dir: Path, record: CellRecord) -> Path:
+    """Write ``metrics.json`` atomically (the cell is ``done`` from then on); return its path."""
+    path = Path(cell_dir) / METRICS_FILE
+    write_json_atomic(path, record.to_json())
+    return path
+
+
+def read_record(path: Path) -> CellRecord:
+    """A cell's record from its ``metrics.json`` (or the cell folder); :class:`BadCell` with the reason
+    when it is missing, unreadable or not a complete record of this schema."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.exists():
+        unfinished = (path.parent / CHECKPOINT_FILE).exists()
+        raise BadCell(f"no {METRICS_FILE}" + (" (unfinished: a checkpoint is there)" if unfinished else ""))
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BadCell(f"unreadable {METRICS_FILE}: {err}") from None
+    return CellRecord.from_json(raw)
