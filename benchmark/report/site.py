@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from ..errors import UsageError
-from ..store import STORE_SCHEMA_VERSION, ResultStore, load_results
+from ..store import STORE_SCHEMA_VERSION, CellRecord, ResultStore, load_results
 from . import plots
 from .exports import write_exports
 from .tables import (Group, Table, attack_label, attack_labels, attack_specs, attacks_in, cascade_table,
@@ -140,7 +140,7 @@ class _Site:
 
 def _cell_pages(store: ResultStore) -> dict[str, str]:
     pages, used = {}, set()
-    for key in store.metrics:
+    for key in store.records:
         slug, n = slugify(key), 1
         while slug.lower() in used:
             n += 1
@@ -166,17 +166,17 @@ def _render(store: ResultStore, root: Path, results: Path, attack: str | None, t
     ir_figures = _ir_figures(store, site, colors)
     for key, page in pages.items():
         _cell_page(env, store, site, key, page, attack, specs)
-    finished = sorted(str(m.get("finished_at", "")) for m in store.metrics.values())
-    cells = [{"key": k, "href": pages[k], "label": _row_label(store.metrics[k])} for k in sorted(pages)]
+    finished = sorted(r.finished_at for r in store.records.values())
+    cells = [{"key": k, "href": pages[k], "label": _row_label(store.record(k))} for k in sorted(pages)]
     skipped = [{"path": _relative(path, results), "reason": reason} for path, reason in store.skipped]
-    context = {"title": "tailrobust report", "results": str(results), "n_cells": len(store.metrics),
+    context = {"title": "tailrobust report", "results": str(results), "n_cells": len(store.records),
                "reference": ref_table, "reference_exports": ref_links,
                "skipped": skipped, "sections": sections, "ir_figures": ir_figures, "cells": cells,
                "latest": finished[-1] if finished else None, "tail_only": tail_only, "attack": attack,
                "store_schema": STORE_SCHEMA_VERSION}
     (root / "index.html").write_text(env.get_template("index.html.j2").render(**context), encoding="utf-8")
     manifest = {"generator": GENERATOR, "store_schema_version": STORE_SCHEMA_VERSION, "results": str(results),
-                "cells": sorted(store.metrics), "skipped": skipped, "attack": attack, "tail_only": tail_only,
+                "cells": sorted(store.records), "skipped": skipped, "attack": attack, "tail_only": tail_only,
                 "tables": site.exports}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -188,11 +188,9 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def _row_label(metrics: dict) -> str:
-    data, method = metrics["data"], metrics["method"]
-    label = method["name"] + (f".{method['preset']}" if method.get("preset") else "")
-    seed = (metrics.get("seeds") or {}).get("training", "?")
-    return f"{label} · {data['dataset']} · IR {data['imbalance_ratio']:g} · seed {seed}"
+def _row_label(record: CellRecord) -> str:
+    seed = record.seeds.get("training", "?")
+    return f"{record.method_label} · {record.data['dataset']} · IR {record.data['imbalance_ratio']:g} · seed {seed}"
 
 
 def _group_section(store, site, group: Group, attack, tail_only, pages, specs, reference, colors) -> dict:
@@ -213,11 +211,10 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
     path = plots.clean_vs_robust(cells, labels, site.img(f"{group.slug}-clean-vs-robust.png"), colors)
     figures.append({"src": f"img/{path.name}", "caption": "Balanced accuracy (clean) against Balanced Robustness "
                                                          "under the worst case, one point per seed."})
-    first = store.metrics[rows[0].cell_keys[0]]
-    path = plots.class_counts([str(c) for c in first["data"]["classes"]], first["data"]["train_counts"],
-                              site.img(f"{group.slug}-class-counts.png"))
+    first = store.record(rows[0].cell_keys[0])
+    path = plots.class_counts(first.classes, first.train_counts, site.img(f"{group.slug}-class-counts.png"))
     figures.append({"src": f"img/{path.name}",
-                    "caption": f"Training images per class ({first['data'].get('train_size', '?')} in all)."})
+                    "caption": f"Training images per class ({first.data.get('train_size', '?')} in all)."})
     return {"group": group, "anchor": group.slug, "leaderboard": board, "leaderboard_exports": site.export(board),
             "per_class": per_class, "per_class_exports": site.export(per_class), "attack": chosen,
             "attack_label": chosen_label,
@@ -243,12 +240,12 @@ def _ir_figures(store: ResultStore, site: _Site, colors: dict[str, str]) -> list
 
 
 def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack: str | None, specs) -> None:
-    metrics = store.metrics[key]
+    record = store.record(key)
     slug = Path(page).stem
-    names = [str(c) for c in metrics["data"]["classes"]]
-    attacks = list(metrics["evaluation"]["attacks"])
+    names = record.classes
+    attacks = list(record.attacks)
     chosen = attack if attack in attacks else default_attack(attacks, specs) or "clean"
-    labels = record_labels(metrics["evaluation"].get("attack_records"))
+    labels = record_labels(record.attack_records)
     class_table = cell_class_table(store, key, slug)
     log = store.log(key)
     figures = []
@@ -261,7 +258,7 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
         if fig is not None:
             figures.append({"src": f"../img/{fig.name}", "caption": caption})
     confusion, confusion_img = None, None
-    matrix = metrics["evaluation"]["attacks"].get(chosen, {}).get("confusion_matrix")
+    matrix = record.confusion_matrix(chosen)
     if matrix and len(names) > HTML_CONFUSION_MAX_CLASSES:
         path = plots.confusion_heatmap(matrix, names, f"confusion under {attack_label(chosen, labels)}",
                                        site.img(f"cell-{slug}-confusion.png"))
@@ -269,23 +266,23 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
     elif matrix:
         confusion = confusion_table(store, key, chosen, slug)
     tables = {"classes": class_table, "confusion": confusion,
-              "cost": key_value_table(f"cell-{slug}-cost", "Cost", metrics.get("cost") or {}),
+              "cost": key_value_table(f"cell-{slug}-cost", "Cost", record.cost),
               "audit": key_value_table(f"cell-{slug}-audit", "Audit",
-                                       {k: v for k, v in (metrics.get("audit") or {}).items() if k != "flags"}),
+                                       {k: v for k, v in record.audit.items() if k != "flags"}),
               "method_diagnostics": key_value_table(f"cell-{slug}-method-diagnostics", "Method diagnostics",
-                                                    metrics["method_diagnostics"])
-              if metrics.get("method_diagnostics") else None}  # TAET: how long its clean stage really learned
-    cascades = [t for t in (cascade_table(metrics, name, f"cell-{slug}")
-                            for name in (metrics["evaluation"].get("attack_records") or {})) if t is not None]
+                                                    record.method_diagnostics)
+              if record.method_diagnostics else None}  # TAET: how long its clean stage really learned
+    cascades = [t for t in (cascade_table(record, name, f"cell-{slug}") for name in record.attack_records)
+                if t is not None]
     exports = {name: site.export(t, prefix="../") for name, t in tables.items() if t is not None}
     cascades = [(t, site.export(t, prefix="../")) for t in cascades]
-    extra = {k: metrics[k] for k in ("model_selection",) if k in metrics}
-    context = {"title": f"cell {key}", "key": key, "metrics": metrics, "tables": tables, "exports": exports,
+    extra = {"model_selection": record.model_selection} if record.model_selection is not None else {}
+    context = {"title": f"cell {key}", "key": key, "record": record, "tables": tables, "exports": exports,
                "figures": figures, "confusion_img": confusion_img, "attack": chosen, "labels": labels,
                "cascades": cascades,
-               "flags": (metrics.get("audit") or {}).get("flags") or [],
-               "config_yaml": yaml.safe_dump(metrics.get("config") or {}, sort_keys=False),
+               "flags": record.flags,
+               "config_yaml": yaml.safe_dump(record.config, sort_keys=False),
                "extra_yaml": yaml.safe_dump(extra, sort_keys=False) if extra else None,
-               "attack_records": metrics["evaluation"].get("attack_records") or {}}
+               "attack_records": record.attack_records}
     html = env.get_template("cell.html.j2").render(**context)
     (site.root / page).write_text(html, encoding="utf-8")

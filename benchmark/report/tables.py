@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ..store import CLEAN, WORST_CASE, WORST_CASE_ALL_EXAMPLES, ResultStore, tail_classes
+from ..store import CLEAN, WORST_CASE, WORST_CASE_ALL_EXAMPLES, CellRecord, ResultStore
 from . import significance as sig
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -164,9 +164,8 @@ def attack_labels(store: ResultStore, keys=None) -> dict[str, str]:
     """attack name -> label over the cells ``keys`` (default: all); a name labelled differently by different
     cells gets its labels joined with " / ", so no cell's attack is named after another's."""
     seen: dict[str, list[str]] = {}
-    for key in (store.metrics if keys is None else keys):
-        records = store.metrics[key].get("evaluation", {}).get("attack_records")
-        for name, label in record_labels(records).items():
+    for key in (store.records if keys is None else keys):
+        for name, label in record_labels(store.attack_records(key)).items():
             if label not in seen.setdefault(name, []):
                 seen[name].append(label)
     return {name: " / ".join(labels) for name, labels in seen.items()}
@@ -273,11 +272,23 @@ def attacks_in(cells: pd.DataFrame) -> list[str]:
 def attack_specs(store: ResultStore) -> dict[str, dict]:
     """attack name -> its spec, as the first cell that ran it recorded it."""
     specs: dict[str, dict] = {}
-    for metrics in store.metrics.values():
-        for name, record in (metrics.get("evaluation", {}).get("attack_records") or {}).items():
-            if isinstance(record, dict) and isinstance(record.get("spec"), dict):
+    for key in store.records:
+        for name, record in store.attack_records(key).items():
+            if isinstance(record.get("spec"), dict):
                 specs.setdefault(name, record["spec"])
     return specs
+
+
+def attack_descriptions(store: ResultStore, keys=None) -> dict[str, str]:
+    """attack name -> the description its records carry (``description``, written by the evaluation from
+    the attack's registration), as the first cell that has one recorded it; older cells have none, and
+    their attacks are described from the spec (``describe_spec``)."""
+    out: dict[str, str] = {}
+    for key in (store.records if keys is None else keys):
+        for name, record in store.attack_records(key).items():
+            if isinstance(record.get("description"), str) and record["description"]:
+                out.setdefault(name, record["description"])
+    return out
 
 
 def default_attack(attacks: list[str], specs: dict[str, dict]) -> str | None:
@@ -329,6 +340,7 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
     cells = group.select(store.cells)
     specs = attack_specs(store)
     labels = attack_labels(store, list(dict.fromkeys(cells["cell_key"])))
+    descriptions = attack_descriptions(store, list(dict.fromkeys(cells["cell_key"])))
     attacks = [a for a in attacks_in(cells) if a != CLEAN]
     rows = setting_rows(cells)
     tests = paired_tests(store, rows)
@@ -344,7 +356,7 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                Column("clean_acc", "Clean acc.", title="plain accuracy on clean test inputs (%)"),
                Column("balanced_acc", "Balanced acc.", title="mean clean recall over classes (%)")]
     columns += [Column(f"br_{a}", attack_label(a, labels), group="Balanced Robustness (%)",
-                       title=_attack_title(a, specs, labels)) for a in attacks]
+                       title=_attack_title(a, specs, labels, descriptions)) for a in attacks]
     columns += [Column("br_ci", "Worst case 95% CI", group="Balanced Robustness (%)", numeric=False,
                        title="95% Student-t interval over training seeds of BR under the worst case "
                              "(none with one seed)"),
@@ -422,16 +434,17 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
 
 
 def _class_name(store: ResultStore, cell_key: str, index) -> str:
-    names = store.metrics[cell_key]["data"]["classes"]
+    names = store.class_names(cell_key)
     return str(names[int(index)]) if isinstance(index, numbers.Real) and not math.isnan(index) else "—"
 
 
-def _attack_title(attack: str, specs: dict[str, dict], labels: dict[str, str] | None = None) -> str:
+def _attack_title(attack: str, specs: dict[str, dict], labels: dict[str, str] | None = None,
+                  descriptions: dict[str, str] | None = None) -> str:
     if attack == WORST_CASE:
         return "per-example worst case over clean input and every attack of the cell, on the examples all ran on"
     if attack == WORST_CASE_ALL_EXAMPLES:
         return "per-example worst case over clean input and the attacks that ran on every example"
-    return describe_spec(specs.get(attack), (labels or {}).get(attack)) or attack
+    return (descriptions or {}).get(attack) or describe_spec(specs.get(attack), (labels or {}).get(attack)) or attack
 
 
 # ----------------------------------------------------------------------------- paired tests between rows
@@ -553,7 +566,7 @@ def group_notes(store: ResultStore, group: Group) -> list[str]:
     """What a reader must know to read a group's numbers: split semantics, differing attack sets."""
     cells = group.select(store.cells)
     keys = list(dict.fromkeys(cells["cell_key"]))
-    equal = [store.metrics[k]["data"].get("balanced_robustness_equals_robust_accuracy") for k in keys]
+    equal = [store.record(k).data.get("balanced_robustness_equals_robust_accuracy") for k in keys]
     notes = []
     if all(e is True for e in equal):
         notes.append(f"Test split {group.test_split}: every class has the same number of test examples, so "
@@ -561,11 +574,11 @@ def group_notes(store: ResultStore, group: Group) -> list[str]:
     else:
         notes.append(f"Test split {group.test_split}: classes have different numbers of test examples, so "
                      "Balanced Robustness (the mean per-class recall) differs from robust accuracy here.")
-    attack_sets = {k: tuple(a for a in store.metrics[k]["evaluation"]["attacks"]) for k in keys}
+    attack_sets = {k: tuple(store.record(k).attacks) for k in keys}
     if len(set(attack_sets.values())) > 1:
         notes.append("Cells here were evaluated with different attack sets, so their worst cases cover "
                      "different attacks: " + "; ".join(sorted({", ".join(v) for v in attack_sets.values()})) + ".")
-    selections = {str((store.metrics[k].get("model_selection") or {}).get("label", "")) for k in keys}
+    selections = {str(store.record(k).selection_label or "") for k in keys}
     if "test-selected" in selections:
         notes.append("Rows marked test-selected kept the epoch that scored best on the test set (AT-BSL's rule): "
                      "their numbers are optimistic.")
@@ -573,7 +586,7 @@ def group_notes(store: ResultStore, group: Group) -> list[str]:
     if (attacked["examples"] < attacked["eval_examples"]).any():
         notes.append("Some attacks ran on a class-stratified subset of the test examples (see Examples); each is "
                      "scored on its own examples, and the worst case covers the examples every attack ran on.")
-    examples = {store.metrics[k]["data"].get("eval_examples") for k in keys}
+    examples = {store.record(k).data.get("eval_examples") for k in keys}
     if len(examples) > 1:
         notes.append(f"Cells were evaluated on different numbers of test examples: {sorted(map(str, examples))}.")
     notes.append("Ranked by Balanced Robustness under the worst case (mean over seeds); click a header to re-sort.")
@@ -584,9 +597,8 @@ def group_notes(store: ResultStore, group: Group) -> list[str]:
 
 def selected_classes(store: ResultStore, keys: list[str], tail_only: bool) -> list[tuple[int, str]]:
     """(index, name) of the columns of a per-class table: all classes, or the tail by training-count rank."""
-    metrics = store.metrics[keys[0]]
-    names = metrics["data"]["classes"]
-    chosen = tail_classes(metrics) if tail_only else range(len(names))
+    names = store.class_names(keys[0])
+    chosen = store.tail_classes(keys[0]) if tail_only else range(len(names))
     return [(c, str(names[c])) for c in chosen]
 
 
@@ -726,14 +738,14 @@ def eval_fraction(text: Any) -> float:
 def cell_class_table(store: ResultStore, cell_key: str, slug: str | None = None) -> Table:
     """One row per class: training count, test support, group, then recall (%) under every attack."""
     frame = store.classes[store.classes["cell_key"] == cell_key]
-    records = store.metrics[cell_key].get("evaluation", {}).get("attack_records") or {}
-    specs = {name: r["spec"] for name, r in records.items() if isinstance(r, dict) and isinstance(r.get("spec"), dict)}
-    labels = attack_labels(store, [cell_key])
+    records = store.attack_records(cell_key)
+    specs = {name: r["spec"] for name, r in records.items() if isinstance(r.get("spec"), dict)}
+    labels, descriptions = attack_labels(store, [cell_key]), attack_descriptions(store, [cell_key])
     attacks = attacks_in(frame)
     first = frame[frame["attack"] == attacks[0]].sort_values("class_index")
     columns = [Column("class", "Class", numeric=False), Column("train_count", "Train count"),
                Column("test_support", "Test support"), Column("group", "Group", numeric=False)]
-    columns += [Column(a, attack_label(a, labels), group="Recall (%)", title=describe_spec(specs.get(a), labels.get(a)))
+    columns += [Column(a, attack_label(a, labels), group="Recall (%)", title=descriptions.get(a) or describe_spec(specs.get(a), labels.get(a)))
                 for a in attacks]
     body = []
     for r in first.itertuples():
@@ -756,11 +768,10 @@ def cell_class_table(store: ResultStore, cell_key: str, slug: str | None = None)
 
 def confusion_table(store: ResultStore, cell_key: str, attack: str, slug: str | None = None) -> Table | None:
     """Confusion matrix (rows: true class, columns: predicted) with a heat shade per row share."""
-    metrics = store.metrics[cell_key]
-    matrix = metrics["evaluation"]["attacks"].get(attack, {}).get("confusion_matrix")
+    matrix = store.record(cell_key).confusion_matrix(attack)
     if not matrix:
         return None
-    names = [str(c) for c in metrics["data"]["classes"]]
+    names = store.class_names(cell_key)
     label = attack_label(attack, attack_labels(store, [cell_key]))
     columns = [Column("true", "true \\ predicted", numeric=False)]
     columns += [Column(f"pred_{j}", name, group=f"Predicted under {label}") for j, name in enumerate(names)]
@@ -775,17 +786,17 @@ def confusion_table(store: ResultStore, cell_key: str, attack: str, slug: str | 
                  ["Rows: true class; columns: predicted class; shade: share of the row."])
 
 
-def cascade_table(metrics: dict, attack: str, slug: str) -> Table | None:
+def cascade_table(record: CellRecord, attack: str, slug: str) -> Table | None:
     """AutoAttack's survivor cascade of one attack record (``cascade``: stages, robust_per_class per stage,
     examples_per_class): robust examples per class after each stage, their total and share. None when the
     record has no cascade or a malformed one (wrong lengths)."""
-    record = (metrics.get("evaluation", {}).get("attack_records") or {}).get(attack) or {}
-    cascade = record.get("cascade") if isinstance(record, dict) else None
+    run = record.attack_records.get(attack) or {}
+    cascade = run.get("cascade")
     if not isinstance(cascade, dict):
         return None
     stages, robust, examples = cascade.get("stages"), cascade.get("robust_per_class"), cascade.get(
         "examples_per_class")
-    names = [str(c) for c in metrics["data"]["classes"]]
+    names = record.classes
     if not (isinstance(stages, list) and isinstance(robust, list) and isinstance(examples, list)
             and len(stages) == len(robust) and len(examples) == len(names)
             and all(isinstance(r, list) and len(r) == len(names) for r in robust)):
@@ -804,7 +815,7 @@ def cascade_table(metrics: dict, attack: str, slug: str) -> Table | None:
                     + [Cell(str(robust_total), robust_total),
                        Cell(pct(robust_total / total) if total else "—",
                             100 * robust_total / total if total else None)])
-    label = attack_label(attack, record_labels({attack: record}))
+    label = attack_label(attack, record_labels({attack: run}))
     notes = [f"{label}: examples still correctly classified after each stage of the cascade (each stage attacks "
              "only the survivors of the stages before it, so the counts never increase); the last row is the "
              "attack's robust count."]
