@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from methods import describe_methods
     from .config import expand_grid, load_profile
-    from .runner import cell_status, run_grid
+    from .executors import resolve_device, run_grid
+    from .cell import cell_status
 
     if args.list_methods:
         for line in describe_methods():
@@ -76,8 +77,9 @@ def _run(args) -> int:
         return 0
     if args.devices and args.device:
         raise UsageError("give either --device (one device for every cell) or --devices (one cell per device)")
-    run_grid(cells, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
-             devices=args.devices)
+    device = resolve_device(args.devices)  # each cell's plan: resolved once, here, for where it runs
+    run_grid([cfg.resolve(device) for cfg in cells], Path(args.results), force=args.force,
+             progress=not args.no_progress, quiet=args.quiet, devices=args.devices)
     return 0
 
 

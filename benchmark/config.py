@@ -24,13 +24,10 @@ from methods.schedule import COMMON_MILESTONES, COMMON_SELECT_FROM
 from .data.datasets import NATURALLY_IMBALANCED
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
-from .selection import SELECTIONS
 from .fastpath import SPEED_SWITCHES, parse_switch, speed_of
+from .plan import AMP_MODES, SCHEDULE_UNITS, SELECTIONS, TEST_SPLITS, Plan
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-TEST_SPLITS = ("balanced", "longtail")
-AMP_MODES = ("none", "bf16", "auto")  # auto: bf16 on CUDA, none elsewhere (resolved() records which)
-SCHEDULE_UNITS = ("epoch", "iteration")
 # Fields that say where things are, not what is computed: left out of the cell key.
 LOCATION_FIELDS = ("data_root", "download", "device")
 # Fields whose resolved form (eps_value, *_spec(s), method_hparams, milestone_epochs) is what the key hashes.
@@ -274,12 +271,36 @@ class Config:
         """Stable cell key: readable prefix + hash of the resolved config. Locations are left out, and
         so are the as-written forms that ``resolved`` spells out (ε, attacks, method arguments), so
         ``eps: 0.1`` and ``eps: 1/10`` name the same cell."""
-        semantic = {k: v for k, v in self.resolved().items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS}
+        return self._key_of(self.resolved())
+
+    def _key_of(self, resolved: dict) -> str:
+        semantic = {k: v for k, v in resolved.items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS}
         if self.selection != "val_best":  # the split is carved only for val_best
             semantic.pop("val_fraction")
         digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
         ir = f"{float(self.imbalance_ratio):g}"
         return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
+
+    def resolve(self, device: str | None = None) -> Plan:
+        """The frozen plan of this cell on ``device`` (a name: cpu, cuda:1; default the config's own).
+        The device is a location, left out of the key, but ``auto`` speed switches resolve for its type."""
+        cfg = self if device is None else dataclasses.replace(self, device=str(device))
+        resolved = cfg.resolved()
+        return Plan(
+            key=cfg._key_of(resolved), config=cfg.to_dict(), resolved=resolved,
+            dataset=cfg.dataset, data_root=cfg.data_root, download=cfg.download,
+            imbalance_ratio=cfg.imbalance_ratio, subset_seed=cfg.subset_seed, test_split=cfg.test_split,
+            augment=cfg.augment, model=cfg.model, model_args=copy.deepcopy(cfg.model_args), method=cfg.method,
+            method_args=copy.deepcopy(cfg.method_args), method_hparams=resolved["method_hparams"], seed=cfg.seed,
+            epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay, milestone_epochs=tuple(resolved["milestone_epochs"]),
+            lr_gamma=cfg.lr_gamma, schedule_unit=cfg.schedule_unit, drop_last=cfg.drop_last,
+            eps=cfg.eps_value, train_attack=cfg.train_attack_spec(), eval_attacks=tuple(cfg.eval_attack_specs()),
+            monitor_attack=cfg.monitor_attack_spec(), eval_batch_size=cfg.eval_batch_size,
+            eval_per_class=cfg.eval_per_class, monitor_per_class=cfg.monitor_per_class,
+            monitor_every=cfg.monitor_every, selection=cfg.selection,
+            selection_start_epoch=resolved["selection_start_epoch"], val_fraction=cfg.val_fraction,
+            device=cfg.device, speed={k: resolved[k] for k in ("channels_last", "cudnn_benchmark", "torch_compile", "amp")})
 
 
 FIELD_TYPES = {

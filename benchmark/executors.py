@@ -3,7 +3,8 @@ processes (``--devices 0,1``). An executor only decides where and when ``run_cel
 executor (Slurm, Ray) would implement the same ``run`` and nothing else.
 
 Progress is reported per cell with the grid's position and an ETA from the epoch and evaluation
-times measured so far in this grid.
+times measured so far in this grid. ``run_grid`` runs a grid's resolved plans with one of them and
+prints the console tables.
 """
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import Config
+from .console import format_cell_table, format_grid_summary
 from .errors import UsageError
-from .runner import cell_status, run_cell
+from .plan import Plan
+from .cell import cell_status
+from .runner import run_cell
 
 Report = Callable[[dict], None]
 
@@ -31,7 +34,7 @@ class GridProgress:
     """Cells done / total and an ETA: remaining epochs × measured seconds per epoch (per method where
     measured, else over all methods) plus the mean evaluation time, divided by the parallel workers."""
 
-    cells: list[Config]
+    cells: list[Plan]
     results_dir: Path
     workers: int = 1
     started: float = field(default_factory=time.perf_counter)
@@ -39,8 +42,8 @@ class GridProgress:
     eval_seconds: list[float] = field(default_factory=list)
     done: set[str] = field(default_factory=set)
 
-    def finished(self, cfg: Config, metrics: dict, ran: bool) -> None:
-        self.done.add(cfg.key())
+    def finished(self, cfg: Plan, metrics: dict, ran: bool) -> None:
+        self.done.add(cfg.key)
         cost = metrics.get("cost", {})
         if ran and cost.get("seconds_per_epoch"):
             self.epoch_seconds.setdefault(cfg.method, []).append(cost["seconds_per_epoch"])
@@ -52,17 +55,17 @@ class GridProgress:
         every = [s for values in self.epoch_seconds.values() for s in values]
         total = 0.0
         for cfg in self.cells:
-            if cfg.key() in self.done or cell_status(Path(self.results_dir) / cfg.key()) == "done":
+            if cfg.key in self.done or cell_status(Path(self.results_dir) / cfg.key) == "done":
                 continue
             per_epoch = self.epoch_seconds.get(cfg.method, every)
             total += cfg.epochs * sum(per_epoch) / len(per_epoch) + sum(self.eval_seconds) / len(self.eval_seconds)
         return total / self.workers
 
-    def line(self, index: int, verb: str, cfg: Config, where: str = "") -> str:
+    def line(self, index: int, verb: str, cfg: Plan, where: str = "") -> str:
         eta = self.eta_seconds()
         elapsed = _duration(time.perf_counter() - self.started)
         tail = f"elapsed {elapsed}" + (f", ETA {_duration(eta)}" if eta is not None else "")
-        return f"[{index}/{len(self.cells)} | {len(self.done)} done | {tail}] {verb}{where}: {cfg.key()}"
+        return f"[{index}/{len(self.cells)} | {len(self.done)} done | {tail}] {verb}{where}: {cfg.key}"
 
 
 def _verb(status: str, force: bool) -> str:
@@ -74,11 +77,11 @@ def _verb(status: str, force: bool) -> str:
 class LocalExecutor:
     """Cells one after another in this process (the default)."""
 
-    def run(self, cells: list[Config], results_dir: Path, force: bool, progress: bool,
+    def run(self, cells: list[Plan], results_dir: Path, force: bool, progress: bool,
             report: Report) -> list[dict]:
         tracker, out = GridProgress(cells, results_dir), []
         for i, cfg in enumerate(cells, 1):
-            status = cell_status(Path(results_dir) / cfg.key())
+            status = cell_status(Path(results_dir) / cfg.key)
             print(tracker.line(i, _verb(status, force), cfg), flush=True)
             metrics = run_cell(cfg, results_dir, force=force, progress=progress)
             tracker.finished(cfg, metrics, ran=force or status != "done")
@@ -87,14 +90,13 @@ class LocalExecutor:
         return out
 
 
-def _run_on_device(config: dict, device: str, results_dir: str, force: bool) -> dict:
+def _run_on_device(plan: Plan, device: str, results_dir: str, force: bool) -> dict:
     """Worker process: one cell on one device, no progress bars (several workers share a terminal)."""
     import torch
 
     if device == "cpu":
         torch.set_num_threads(1)
-    cfg = Config(**{**config, "device": device}).validate()
-    return run_cell(cfg, Path(results_dir), force=force, progress=False)
+    return run_cell(plan.at(device), Path(results_dir), force=force, progress=False)
 
 
 class DeviceExecutor:
@@ -111,10 +113,10 @@ class DeviceExecutor:
             raise UsageError(f"--devices mixes device types ({', '.join(self.devices)}): speed settings resolve "
                              "per device type and are part of the cell key, so give one type")
 
-    def run(self, cells: list[Config], results_dir: Path, force: bool, progress: bool,
+    def run(self, cells: list[Plan], results_dir: Path, force: bool, progress: bool,
             report: Report) -> list[dict]:
-        # keys as the workers will compute them (auto speed switches resolve by device type)
-        cells = [Config(**{**cfg.to_dict(), "device": self.devices[0]}).validate() for cfg in cells]
+        # plans resolved for this device type (``resolve_device``): a worker moves one to its own device
+        cells = [cfg.at(self.devices[0]) for cfg in cells]
         tracker = GridProgress(cells, results_dir, workers=len(self.devices))
         results: dict[str, dict] = {}
         queue = list(enumerate(cells, 1))
@@ -125,10 +127,10 @@ class DeviceExecutor:
             while queue or running:
                 while queue and free:
                     i, cfg = queue.pop(0)
-                    status = cell_status(Path(results_dir) / cfg.key())
+                    status = cell_status(Path(results_dir) / cfg.key)
                     device = free.pop(0)
                     print(tracker.line(i, _verb(status, force), cfg, f" on {device}"), flush=True)
-                    future = pool.submit(_run_on_device, cfg.to_dict(), device, str(results_dir), force)
+                    future = pool.submit(_run_on_device, cfg, device, str(results_dir), force)
                     running[future] = (cfg, device, status)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
@@ -137,9 +139,34 @@ class DeviceExecutor:
                     metrics = future.result()  # a failed cell stops the grid with its own traceback
                     tracker.finished(cfg, metrics, ran=force or status != "done")
                     report(metrics)
-                    results[cfg.key()] = metrics
-        return [results[cfg.key()] for cfg in cells]
+                    results[cfg.key] = metrics
+        return [results[cfg.key] for cfg in cells]
 
 
 def make_executor(devices: list[str] | None):
     return DeviceExecutor(devices) if devices else LocalExecutor()
+
+
+def resolve_device(devices: list[str] | None) -> str | None:
+    """The device a grid's plans are resolved for: the first of ``devices`` (every worker is of its type),
+    or None (each config's own device) for a run in this process."""
+    if not devices:
+        return None
+    return DeviceExecutor(devices).devices[0]
+
+
+def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress: bool = True,
+             quiet: bool = False, devices: list[str] | None = None) -> list[dict]:
+    """Run every cell's plan (skipping finished ones) with the local or per-device executor; print each
+    cell's per-class table as it finishes (unless quiet), then the grid summary. Plans for ``devices``
+    are resolved for ``resolve_device(devices)``."""
+    unique = list({plan.key: plan for plan in cells}.values())  # the same cell twice would run twice at once
+
+    def report(metrics: dict) -> None:
+        if not quiet:
+            print(format_cell_table(metrics), flush=True)
+
+    out = make_executor(devices).run(unique, Path(results_dir), force, progress and not quiet, report)
+    if len(out) > 1:
+        print(format_grid_summary(out), flush=True)
+    return out

@@ -25,23 +25,8 @@ from attacks import AttackSpec
 from .evaluate import predict
 from .atomic import save_torch_atomic
 
-SELECTIONS = ("final", "val_best", "test_best")
 BEST = "best.pt"
 LABELS = {"final": "final epoch", "val_best": "validation-selected", "test_best": "test-selected"}
-
-
-def carve_validation(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(kept, validation) positions: ``fraction`` of each class (at least one, never a class's last image)."""
-    labels = np.asarray(labels)
-    rng = np.random.RandomState(seed)
-    kept, val = [], []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        rng.shuffle(members)
-        n_val = min(max(1, int(np.floor(fraction * len(members)))), len(members) - 1)
-        val.append(members[:n_val])
-        kept.append(members[n_val:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(val))
 
 
 def balanced_recall(y: np.ndarray, pred: np.ndarray) -> float:
@@ -60,9 +45,14 @@ class Selector:
     y: torch.Tensor | None
     metric: str
     batch_size: int
-    best_path: Path
+    best_path: Path | None  # None for the final rule (nothing is saved)
     best_epoch: int | None = None
     best_score: float | None = None
+
+    @classmethod
+    def final(cls, epochs: int, batch_size: int) -> "Selector":
+        """No choice: the model after the last epoch is evaluated."""
+        return cls("final", epochs - 1, None, None, None, "none", batch_size, None)
 
     def observe(self, epoch: int, inference: torch.nn.Module, model: torch.nn.Module, method,
                 device: torch.device) -> float | None:

@@ -4,6 +4,9 @@ Per step the method computes its own loss (including any attack); the loop only 
 optimizer. Loss sums stay on the device until the epoch ends, so the hot loop never syncs with the
 host. At each epoch end a checkpoint (model, optimizer, scheduler, method state, RNG states) is
 written atomically, then one line of ``log.jsonl``; a restarted run resumes from the checkpoint.
+
+The loop receives the cell's resolved ``Plan`` (benchmark/plan.py) and the model-selection rule the
+runner built from it; it reads the plan and never calls back into the configuration.
 """
 from __future__ import annotations
 
@@ -18,28 +21,16 @@ from tqdm.auto import tqdm
 
 from attacks import AttackSpec
 from methods import LossOut, Method, TrainContext
-from .config import Config
 from .data.loader import iterate_batches, stratified_subset, to_float
-from .data.prepare import CellData, evaluation_subset
+from .data.prepare import CellData
 from .data.transforms import augment
 from .evaluate import InferenceModel, predict
 from .metrics import per_class_recall
-from .selection import BEST, Selector
-from .fastpath import autocast, prepare_model, resolve_amp, speed_of
+from .plan import Plan
+from .selection import Selector
+from .fastpath import autocast, prepare_model
 from .atomic import save_torch_atomic
 from .cell import CHECKPOINT_FILE, LOG_FILE
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -57,11 +48,6 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
     generator.set_state(state["generator"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _autocast(cfg: Config, device: torch.device):
-    """bf16 autocast around the method's loss on CUDA when ``amp`` resolves to bf16 there; else nothing."""
-    return autocast(resolve_amp(cfg.amp, device), device)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, ctx: TrainContext,
@@ -93,28 +79,34 @@ def _trim_log(path: Path, last_epoch: int) -> None:
     path.write_text("".join(f"{line}\n" for line in kept))
 
 
-def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,
-          device: torch.device, progress: bool = True) -> dict:
-    """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record."""
+def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,
+          device: torch.device, selector: Selector | None = None, progress: bool = True) -> dict:
+    """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record.
+
+    ``selector`` scores epochs under the plan's model-selection rule (``runner.make_selector``); without
+    one the final epoch's model is kept, which only a plan with ``selection: final`` allows."""
     cell_dir = Path(cell_dir)
+    if selector is None:
+        if plan.selection != "final":
+            raise ValueError(f"selection {plan.selection!r} needs its selector (benchmark.runner.make_selector)")
+        selector = Selector.final(plan.epochs, plan.eval_batch_size)
     model.to(device)
-    prepare_model(model, speed_of(cfg, device))  # channels_last, cudnn.benchmark, compile: as resolved() records
+    prepare_model(model, plan.speed)  # channels_last, cudnn.benchmark, compile: as the plan records them
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(x_train) // cfg.batch_size if cfg.drop_last else -(-len(x_train) // cfg.batch_size)
-    milestones = cfg.milestone_epochs()
-    if cfg.schedule_unit == "iteration":
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    steps_per_epoch = len(x_train) // plan.batch_size if plan.drop_last else -(-len(x_train) // plan.batch_size)
+    milestones = list(plan.milestone_epochs)
+    if plan.schedule_unit == "iteration":
         milestones = [m * steps_per_epoch for m in milestones]
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=cfg.lr_gamma)
-    generator = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation
-    ctx = TrainContext(epoch=0, epochs=cfg.epochs, step=0, num_classes=data.num_classes,
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=plan.lr_gamma)
+    generator = torch.Generator().manual_seed(plan.seed)  # shuffling and augmentation
+    ctx = TrainContext(epoch=0, epochs=plan.epochs, step=0, num_classes=data.num_classes,
                        class_counts=torch.tensor(data.train_counts, device=device),
-                       attack=cfg.train_attack_spec(), device=device)
-    monitor_idx = torch.as_tensor(stratified_subset(data.y_test, cfg.monitor_per_class, seed=0))
+                       attack=plan.train_attack, device=device)
+    monitor_idx = torch.as_tensor(stratified_subset(data.y_test, plan.monitor_per_class, seed=0))
     x_monitor, y_monitor = data.x_test[monitor_idx], data.y_test[monitor_idx]
-    monitor_attack = cfg.monitor_attack_spec()
+    monitor_attack = plan.monitor_attack
     inference = InferenceModel(model, method)
-    selector = make_selector(cfg, data, cell_dir)
 
     start_epoch, seconds = 0, 0.0
     checkpoint_path, log_path = cell_dir / CHECKPOINT_FILE, cell_dir / LOG_FILE
@@ -132,8 +124,8 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    epochs = tqdm(range(start_epoch, cfg.epochs), desc=f"train {cfg.method}", initial=start_epoch,
-                  total=cfg.epochs, disable=None if progress else True)
+    epochs = tqdm(range(start_epoch, plan.epochs), desc=f"train {plan.method}", initial=start_epoch,
+                  total=plan.epochs, disable=None if progress else True)
     for epoch in epochs:
         started = time.perf_counter()
         ctx.epoch = epoch
@@ -143,13 +135,13 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         correct = torch.zeros((), device=device, dtype=torch.long)
         stats_sum: dict[str, torch.Tensor] = {}
         seen = 0
-        batches = iterate_batches(x_train, y_train, cfg.batch_size, shuffle=True, drop_last=cfg.drop_last,
+        batches = iterate_batches(x_train, y_train, plan.batch_size, shuffle=True, drop_last=plan.drop_last,
                                   generator=generator)
-        for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+        for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{plan.epochs}", leave=False,
                            disable=None if progress else True):
-            xb = augment(to_float(xb), cfg.augment, generator)
-            out = train_step(model, optimizer, method, ctx, xb, yb, _autocast(cfg, device))
-            if cfg.schedule_unit == "iteration":
+            xb = augment(to_float(xb), plan.augment, generator)
+            out = train_step(model, optimizer, method, ctx, xb, yb, autocast(plan.speed["amp"], device))
+            if plan.schedule_unit == "iteration":
                 scheduler.step()
             loss_sum += out.loss.detach() * len(yb)
             if out.logits is not None:
@@ -158,7 +150,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
                 stats_sum[name] = stats_sum.get(name, 0) + value * len(yb)
             seen += len(yb)
         lr = optimizer.param_groups[0]["lr"]
-        if cfg.schedule_unit == "epoch":
+        if plan.schedule_unit == "epoch":
             scheduler.step()
         method.on_epoch_end(ctx)
         train_seconds = time.perf_counter() - started
@@ -168,9 +160,9 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
             "train_acc": float(correct) / max(seen, 1), "examples": seen, "seconds": train_seconds,
             **{name: float(value) / max(seen, 1) for name, value in stats_sum.items()},
         }
-        if (epoch + 1) % cfg.monitor_every == 0 or epoch == cfg.epochs - 1:
+        if (epoch + 1) % plan.monitor_every == 0 or epoch == plan.epochs - 1:
             record.update(monitor(inference, x_monitor, y_monitor, monitor_attack, data.num_classes,
-                                  cfg.eval_batch_size, device))
+                                  plan.eval_batch_size, device))
         if hasattr(method, "log_epoch"):  # the method's own per-epoch diagnostics (TAET: its clean stage's plateau)
             record.update(method.log_epoch(record, ctx))
         score = selector.observe(epoch, inference, model, method, device)
@@ -183,7 +175,7 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
         save_torch_atomic(checkpoint_path, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
-            "train_seconds": seconds, "config": cfg.to_dict(), "selection": selector.state_dict(),
+            "train_seconds": seconds, "config": plan.config, "selection": selector.state_dict(),
         })
         postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['train_acc']:.2f}"}
         if "monitor_clean_acc" in record:
@@ -191,9 +183,9 @@ def train(cfg: Config, data: CellData, method: Method, model: torch.nn.Module, c
                            mon_rob=f"{record[f'monitor_{monitor_attack.name}_acc']:.2f}")
         epochs.set_postfix(postfix)
     selector.restore_best(model, method, device)
-    return {"train_seconds": seconds, "epochs": cfg.epochs, "seconds_per_epoch": seconds / max(cfg.epochs, 1),
+    return {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
-            "model_selection": selector.record(cfg.epochs),
+            "model_selection": selector.record(plan.epochs),
             "method_diagnostics": method.diagnostics() if hasattr(method, "diagnostics") else None}
 
 
@@ -210,18 +202,3 @@ def monitor(inference: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack
         out[f"monitor_per_class_{name}"] = [None if np.isnan(r) else float(r) for r in recall]
     out["monitor_note"] = "monitoring only: a fixed class-stratified test subset, never used to choose a model"
     return out
-
-
-def make_selector(cfg: Config, data: CellData, cell_dir: Path) -> Selector:
-    """The model-selection rule of the cell with the examples and attack it scores on."""
-    start = cfg.selection_start_epoch()
-    if cfg.selection == "val_best":
-        return Selector("val_best", start, cfg.monitor_attack_spec(), data.x_val, data.y_val,
-                        "balanced robust accuracy (validation split)", cfg.eval_batch_size, cell_dir / BEST)
-    if cfg.selection == "test_best":
-        x, y, _ = evaluation_subset(cfg, data)
-        specs = {s.name: s for s in cfg.eval_attack_specs()}
-        attack = specs.get("pgd20") or AttackSpec("pgd", cfg.eps_value, 20, cfg.eps_value / 4, "uniform")
-        return Selector("test_best", start, attack, x, y, "robust accuracy (test split: test-selected)",
-                        cfg.eval_batch_size, cell_dir / BEST)
-    return Selector("final", cfg.epochs - 1, None, None, None, "none", cfg.eval_batch_size, cell_dir / BEST)

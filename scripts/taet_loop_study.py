@@ -40,7 +40,8 @@ from benchmark.data.prepare import prepare_cell_data  # noqa: E402
 from benchmark.evaluate import InferenceModel, predict  # noqa: E402
 from benchmark.metrics import per_class_recall  # noqa: E402
 from benchmark.models import create_model  # noqa: E402
-from benchmark.train import monitor, seed_everything, train  # noqa: E402
+from benchmark.runner import seed_everything  # noqa: E402
+from benchmark.train import monitor, train  # noqa: E402
 from methods import create_method  # noqa: E402
 import test_loop_equivalence as loops  # noqa: E402
 from test_loop_equivalence import authors_loop  # noqa: E402  (the minimal loop of item 1)
@@ -128,7 +129,7 @@ def run_seed(seed: int, epochs: int, check: bool, harness_only: bool = False) ->
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as cell_dir:
         seed_everything(cfg.seed)
-        train(cfg, data, method, model, Path(cell_dir), torch.device("cpu"), progress=False)
+        train(cfg.resolve(), data, method, model, Path(cell_dir), torch.device("cpu"), progress=False)
         log = [json.loads(line) for line in (Path(cell_dir) / "log.jsonl").read_text().splitlines()]
     harness_weights = copy.deepcopy(model.state_dict())
     result["harness"] = {"epochs": records, "log_train_acc": [r["train_acc"] for r in log],

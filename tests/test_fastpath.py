@@ -159,7 +159,7 @@ def test_train_with_channels_last_logs_the_plain_loss_on_cpu(tmp_path, method_na
         method = create_method(cfg.method, **cfg.method_args)
         model = method.wrap_model(create_model(cfg.model, 10, 1, **cfg.model_args))
         (tmp_path / str(on)).mkdir()
-        train(cfg, data, method, model, tmp_path / str(on), torch.device("cpu"), progress=False)
+        train(cfg.resolve(), data, method, model, tmp_path / str(on), torch.device("cpu"), progress=False)
         assert model.conv_layers[2].weight.is_contiguous(memory_format=torch.channels_last) == on
         losses.append(json.loads((tmp_path / str(on) / "log.jsonl").read_text())["loss"])
     assert abs(losses[1] - losses[0]) <= 1e-5
@@ -220,7 +220,8 @@ def test_fast_switches_on_cuda_train_close_to_the_plain_path(tmp_path, switches)
         torch.manual_seed(cfg.seed)
         model = create_model(cfg.model, 10, 1, **cfg.model_args)
         (tmp_path / name).mkdir()
-        cost = train(cfg, data, create_method("at"), model, tmp_path / name, torch.device("cuda"), progress=False)
+        cost = train(cfg.resolve(), data, create_method("at"), model, tmp_path / name, torch.device("cuda"),
+                     progress=False)
         assert cost["device"].startswith("cuda")
         losses.append(json.loads((tmp_path / name / "log.jsonl").read_text())["loss"])
     assert abs(losses[1] - losses[0]) <= 1e-2 * abs(losses[0])

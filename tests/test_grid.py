@@ -14,7 +14,8 @@ import yaml
 from benchmark.__main__ import main
 from benchmark.config import expand_grid
 from benchmark.executors import GridProgress
-from benchmark.runner import format_grid_summary, run_cell
+from benchmark.console import format_grid_summary
+from benchmark.runner import run_cell
 from toys import TINY_PROFILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -99,6 +100,7 @@ def test_a_cell_run_in_a_worker_process_matches_the_same_cell_run_here(grid, tmp
 
 def test_eta_counts_remaining_epochs_at_the_measured_speed_split_over_workers(tmp_path):
     cells = expand_grid({**yaml.safe_load(TINY_PROFILE), "methods": ["at", "taet"], "epochs": 4})
+    cells = [cfg.resolve() for cfg in cells]
     tracker = GridProgress(cells, tmp_path, workers=1)
     assert tracker.eta_seconds() is None  # nothing measured yet
     tracker.finished(cells[0], {"cost": {"seconds_per_epoch": 2.0, "eval_seconds": 3.0}}, ran=True)

@@ -277,8 +277,8 @@ def run_harness(name, data, cell_dir, init, seed=0, drop_last=True, crash_at_epo
                 raise KeyboardInterrupt("simulated crash")
         method.on_epoch_start = crash
     torch.manual_seed(1000 + seed)  # the attack noise stream (the runner seeds it with seed_everything)
-    train(harness_config(name, seed, drop_last), data, method, model, Path(cell_dir), torch.device("cpu"),
-          progress=False)
+    train(harness_config(name, seed, drop_last).resolve(), data, method, model, Path(cell_dir),
+          torch.device("cpu"), progress=False)
     return model
 
 
@@ -358,7 +358,7 @@ def _resume_in_child(cell_dir: str, out: str) -> None:
     data = cell_data(load_dataset("mnist5k"))
     method, model = initial_model("taet", init_seed=123)
     torch.manual_seed(999)  # any state: the checkpoint's RNG states must take over
-    train(harness_config("taet"), data, method, model, Path(cell_dir), torch.device("cpu"), progress=False)
+    train(harness_config("taet").resolve(), data, method, model, Path(cell_dir), torch.device("cpu"), progress=False)
     torch.save(model.state_dict(), out)
 
 

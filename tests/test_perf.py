@@ -104,7 +104,7 @@ def test_autoattack_from_a_trained_cell_reads_its_checkpoint_and_data(tmp_path, 
     model = create_model(cfg.model, 10, 1, **cfg.model_args)
     cell = tmp_path / cfg.key()
     cell.mkdir()
-    train(cfg, prepare_cell_data(cfg), method, model, cell, torch.device("cpu"), progress=False)
+    train(cfg.resolve(), prepare_cell_data(cfg), method, model, cell, torch.device("cpu"), progress=False)
     out = tmp_path / "autoattack.json"
     assert main(["--autoattack-from", str(cell), "--autoattack-images", "10", "--device", "cpu",
                  "--out", str(out)]) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from benchmark.provenance import harness_commit, peak_rss_mb
-from benchmark.runner import format_grid_summary
+from benchmark.console import format_grid_summary
 
 
 def test_harness_commit_names_this_checkouts_commit():

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from benchmark.config import Config, expand_grid
 from benchmark.data.prepare import CellData
+from benchmark.runner import make_selector
 from benchmark.train import train
 from methods import LossOut, Method, get_method_class, list_methods
 from toys import ToyLinear
@@ -172,7 +173,8 @@ def run_schedule(cfg: Config, tmp_path, selection: str = "final") -> tuple[list[
     recorder = LrRecorder()
     cell = tmp_path / cfg.key()
     cell.mkdir()
-    train(cfg, _toy_data(), recorder, ToyLinear(), cell, torch.device("cpu"), progress=False)
+    plan, data = cfg.resolve(), _toy_data()
+    train(plan, data, recorder, ToyLinear(), cell, torch.device("cpu"), make_selector(plan, data, cell), progress=False)
     log = [json.loads(line) for line in (cell / "log.jsonl").read_text().splitlines()]
     return recorder.seen, log
 

@@ -12,7 +12,8 @@ from benchmark.config import Config, expand_grid
 from benchmark.data.prepare import prepare_cell_data
 from benchmark.errors import UsageError
 from benchmark.runner import run_cell
-from benchmark.selection import Selector, carve_validation
+from benchmark.data.splits import carve_validation
+from benchmark.selection import Selector
 from toys import TINY_PROFILE, ToyLinear, images
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -16,6 +16,7 @@ from benchmark.errors import UsageError
 
 from .datasets import NATURALLY_IMBALANCED, load_dataset
 from .longtail import make_longtail
+from .splits import carve_validation
 
 
 @dataclass
@@ -51,8 +52,6 @@ def prepare_cell_data(cfg) -> CellData:
     data = _prepare(cfg)
     if getattr(cfg, "selection", "final") != "val_best":
         return data
-    from benchmark.selection import carve_validation
-
     kept, val = carve_validation(data.y_train.numpy(), cfg.val_fraction, seed=cfg.subset_seed)
     k, v = torch.as_tensor(kept), torch.as_tensor(val)
     counts = np.bincount(data.y_train.numpy()[kept], minlength=data.num_classes)
