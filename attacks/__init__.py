@@ -1,8 +1,17 @@
-"""Attacks: our own batched FGSM/PGD and a bridge to torchattacks (see ``registry`` for specs)."""
-from .pgd import ce_sum, eval_mode, fgsm, frozen_parameters, pgd, project_linf, random_start
-from .registry import AUTOATTACKS, AttackSpec, run_attack, run_attack_reported
+"""Attacks: our own batched FGSM/PGD, the authors' AutoAttack and torchattacks' cross-checks.
+
+``spec`` holds ``AttackSpec`` and the attack registry; each attack file registers its kinds when imported
+(below), with the metadata that says what each is (``list_attacks``, ``attack_metadata``).
+"""
+from .spec import (AttackSpec, LibraryResult, attack_metadata, get_attack, list_attacks, register_attack, run_attack,
+                   run_attack_reported)
+from . import autoattack as _autoattack, pgd as _pgd, torchattacks_bridge as _torchattacks_bridge  # noqa: F401  (registration)
+from .pgd import LOSSES, ce_sum, eval_mode, fgsm, frozen_parameters, pgd, project_linf, random_start
+
+AUTOATTACKS = tuple(list_attacks(autoattack=True))  # the AutoAttack kinds: the reference and torchattacks' cross-check
 
 __all__ = [
-    "AttackSpec", "ce_sum", "eval_mode", "fgsm", "frozen_parameters", "pgd", "project_linf",
-    "random_start", "run_attack", "run_attack_reported", "AUTOATTACKS",
+    "AUTOATTACKS", "AttackSpec", "LOSSES", "LibraryResult", "attack_metadata", "ce_sum", "eval_mode", "fgsm",
+    "frozen_parameters", "get_attack", "list_attacks", "pgd", "project_linf", "random_start", "register_attack",
+    "run_attack", "run_attack_reported",
 ]

@@ -19,12 +19,12 @@ that say so; nothing cheaper than the standard is ever labelled plain "AutoAttac
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .pgd import eval_mode
+from .spec import LibraryResult, register_attack
 
 VERSIONS = ("standard", "plus", "rand", "apgd-ce")
 # the stages of each version, in the order the authors' package runs them (autoattack.py set_version)
@@ -49,15 +49,6 @@ def check_classes(version: str, num_classes: int) -> None:
     if version != "apgd-ce" and num_classes < 4:
         raise ValueError(f"AutoAttack {version} needs at least 4 classes (its targeted DLR loss uses the "
                          f"4th-largest logit); this model has {num_classes}: use version apgd-ce")
-
-
-@dataclass
-class LibraryResult:
-    """Adversarial inputs and, where the attack says it, how many examples it found still robust."""
-
-    x_adv: torch.Tensor
-    reported_robust: int | None  # the attack's own count of examples still classified correctly; None: none
-    cascade: dict | None = field(default=None)  # AutoAttack: stage names and robust count per class after each
 
 
 # A stage maps (clean inputs, labels) of the surviving examples to (adversarial inputs, fooled mask or None);
@@ -176,3 +167,52 @@ def autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
         else:
             raise ValueError(f"unknown AutoAttack library {library!r}")
         return survivor_cascade(model, x, y, stages, num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: the authors' AutoAttack and torchattacks' cross-check at the same budgets.
+
+def _check_spec(spec) -> dict:
+    """Version and iterations of an AutoAttack spec; steps 0 becomes the reference's iterations."""
+    if spec.version not in VERSIONS:
+        raise ValueError(f"unknown AutoAttack version {spec.version!r}; choose one of {', '.join(VERSIONS)}")
+    if spec.steps < 0:
+        raise ValueError(f"AutoAttack iterations (steps) must be >= 1, or 0 for the reference's "
+                         f"{REFERENCE_ITERATIONS}; got {spec.steps}")
+    if spec.kind == "torchattacks_autoattack" and spec.version not in ("standard", "apgd-ce"):
+        raise ValueError(f"torchattacks_autoattack builds the standard version (or apgd-ce); got {spec.version!r}")
+    return {"steps": REFERENCE_ITERATIONS} if spec.steps == 0 else {}
+
+
+def _label(spec) -> str:
+    """Only the reference at its full budget is plain "AutoAttack"; anything else says what it is."""
+    text = {"standard": "AutoAttack", "plus": "AutoAttack+", "rand": "AutoAttack (rand)", "apgd-ce": "APGD-CE"}[spec.version]
+    qualifiers = ["torchattacks"] if spec.kind == "torchattacks_autoattack" else []
+    if spec.steps != REFERENCE_ITERATIONS:
+        qualifiers.append(f"{spec.steps} it., reduced" if spec.reduced else f"{spec.steps} it.")
+    return text + (f" ({', '.join(qualifiers)})" if qualifiers else "")
+
+
+def _name(spec) -> str:
+    base = {"standard": "aa", "apgd-ce": "apgd_ce"}.get(spec.version, f"aa_{spec.version}")
+    base = base if spec.kind == "autoattack" else f"ta_{base}"
+    return base if spec.steps == REFERENCE_ITERATIONS else f"{base}_it{spec.steps}"
+
+
+def _runner(library: str):
+    def run(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
+        if num_classes is None:
+            raise ValueError(f"{spec.name}: AutoAttack needs num_classes")
+        return autoattack(model, x, y, spec.eps, spec.version, num_classes, seed, library, spec.steps)
+
+    return run
+
+
+_AUTOATTACK = dict(family="ensemble", iterative=True, takes=("version", "steps"), parameter_free=True,
+                   check=_check_spec, label=_label, name=_name, autoattack=True,
+                   reference_iterations=REFERENCE_ITERATIONS)
+register_attack("autoattack", _runner("reference"), library="pyautoattack",
+                title="the authors' AutoAttack, pyautoattack", **_AUTOATTACK)
+register_attack("torchattacks_autoattack", _runner("torchattacks"), library="torchattacks",
+                title="torchattacks' AutoAttack components, the reference's budgets unless reduced", cross_check_of="autoattack",
+                **_AUTOATTACK)

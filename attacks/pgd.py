@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .spec import LibraryResult, register_attack
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 STARTS = ("none", "uniform", "uniform_one_sided", "normal")
 
@@ -113,3 +115,34 @@ def pgd(
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, loss_fn: LossFn = ce_sum) -> torch.Tensor:
     """FGSM (Goodfellow et al. 2015): one signed step of size ε from x."""
     return pgd(model, x, y, eps=eps, steps=1, step_size=eps, start="none", loss_fn=loss_fn)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registration: what each kind is (attacks.spec reads this), and its runner.
+
+# PGD objectives: name -> (loss(logits, y, **param), param keyword, default param, prefix of the default attack name)
+LOSSES = {
+    "ce": (ce_sum, None, None, "pgd"),
+    "cw": (cw_margin_sum, "confidence", 50.0, "cw"),  # CW-L∞ of AT-BSL's evaluation
+    "scaled_ce": (scaled_ce_sum, "scale", 10.0, "lsa"),  # AT-BSL's logit-scaling attack (LSA)
+}
+
+
+def _pgd_label(spec) -> str:
+    text = {"ce": f"PGD-{spec.steps}", "cw": f"CW-L∞ (PGD-{spec.steps})",
+            "scaled_ce": f"LSA (PGD-{spec.steps})"}[spec.loss]
+    return text + (", no random start" if spec.start == "none" else "")
+
+
+@register_attack("fgsm", family="gradient", iterative=False, library="own", title="our FGSM, one step of ε",
+                 label=lambda spec: "FGSM", name=lambda spec: "fgsm")
+def _run_fgsm(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
+    return LibraryResult(fgsm(model, x, y, spec.eps), None)
+
+
+@register_attack("pgd", family="gradient", iterative=True, library="own", title="our L∞ PGD",
+                 takes=("steps", "step_size", "start", "loss"), objectives=LOSSES, label=_pgd_label,
+                 name=lambda spec: f"{LOSSES[spec.loss][3]}{spec.steps}")
+def _run_pgd(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
+    return LibraryResult(pgd(model, x, y, spec.eps, spec.steps, spec.step_size, start=spec.start,
+                             loss_fn=spec.loss_fn(), generator=generator), None)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .spec import LibraryResult, register_attack
+
 
 def torchattacks_pgd(
     model: torch.nn.Module,
@@ -36,3 +38,13 @@ def torchattacks_version() -> str:
     import torchattacks
 
     return torchattacks.__version__
+
+
+@register_attack("torchattacks_pgd", family="gradient", iterative=True, library="torchattacks",
+                 title="torchattacks' L∞ PGD", takes=("steps", "step_size", "start"), cross_check_of="pgd",
+                 start_text=lambda spec: "no random start" if spec.start == "none" else "torchattacks' uniform start",
+                 label=lambda spec: f"PGD-{spec.steps} (torchattacks)" + (", no random start" if spec.start == "none" else ""),
+                 name=lambda spec: f"torchattacks_pgd{spec.steps}")
+def _run_torchattacks_pgd(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
+    return LibraryResult(torchattacks_pgd(model, x, y, spec.eps, spec.steps, spec.step_size,
+                                          random_start=spec.start != "none"), None)

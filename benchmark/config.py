@@ -10,20 +10,20 @@ import copy
 import dataclasses
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from attacks import AUTOATTACKS, AttackSpec
+from attacks import AttackSpec
+from attacks.spec import PROFILE_FIELDS as ATTACK_PROFILE_FIELDS
 from methods import get_method_class
 from methods.schedule import COMMON_MILESTONES, COMMON_SELECT_FROM
-from .data.datasets import NATURALLY_IMBALANCED
+from .data.datasets import is_naturally_imbalanced
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
+from .numbers import parse_number  # noqa: F401  (also imported from here)
 from .fastpath import SPEED_SWITCHES, parse_switch, speed_of
 from .plan import AMP_MODES, SCHEDULE_UNITS, SELECTIONS, TEST_SPLITS, Plan
 
@@ -33,67 +33,6 @@ LOCATION_FIELDS = ("data_root", "download", "device")
 # Fields whose resolved form (eps_value, *_spec(s), method_hparams, milestone_epochs) is what the key hashes.
 AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
                      "select_from")
-
-
-def parse_number(value: Any, eps: float | None = None, what: str = "value") -> float:
-    """A float from a number, a fraction string ("8/255") or an ε-relative string ("eps/4", "0.5*eps")."""
-    if isinstance(value, bool):
-        raise UsageError(f"{what}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).replace(" ", "")
-    match = re.fullmatch(r"(?:([0-9.]+)\*)?eps(?:/([0-9.]+))?", text)
-    if match:
-        if eps is None:
-            raise UsageError(f"{what}: {value!r} is relative to eps, which is not defined here")
-        numerator, denominator = float(match.group(1) or 1), float(match.group(2) or 1)
-        if denominator == 0:
-            raise UsageError(f"{what}: {value!r} divides by zero")
-        return eps * numerator / denominator
-    try:
-        return float(Fraction(text))
-    except (ValueError, ZeroDivisionError):
-        raise UsageError(f"{what}: cannot read {value!r} as a number (examples: 0.1, 8/255, eps/4)") from None
-
-
-@dataclass
-class AttackConfig:
-    """An attack as a profile writes it; ``step_size`` may be relative to ε (the attack's own ε)."""
-
-    kind: str = "pgd"
-    steps: int | None = None  # PGD: 10 when absent; AutoAttack: APGD/FAB iterations, absent = the reference's 100
-    step_size: Any = "eps/4"
-    start: str = "normal"
-    name: str = ""  # key its results are stored under; default e.g. "pgd20"
-    loss: str = "ce"  # PGD objective: ce, cw (margin, confidence loss_param) or scaled_ce (logits × loss_param)
-    loss_param: Any = None
-    version: str = "standard"  # AutoAttack: standard | plus | rand | apgd-ce
-    per_class: int | None = None  # run on a class-stratified subset of the evaluated examples (e.g. AutoAttack on CPU)
-    eps: Any = None  # an evaluation at another budget than the cell's (e.g. TAET's notebook: trains at 0.031, tests at 8/255)
-
-    def resolve(self, eps: float, name: str | None = None) -> AttackSpec:
-        if self.eps is not None:
-            eps = parse_number(self.eps, what=f"{self.kind} eps")
-            if not 0.0 <= eps <= 1.0:
-                raise UsageError(f"{self.kind} eps must lie in [0, 1]; got {self.eps}")
-        if self.kind in AUTOATTACKS:  # parameter-free: step size and start are the library's own
-            return self._resolve_autoattack(eps, name)
-        try:
-            return AttackSpec(kind=self.kind, eps=eps, steps=10 if self.steps is None else int(self.steps),
-                              step_size=parse_number(self.step_size, eps, f"{self.kind} step_size"),
-                              start=self.start, name=self.name if name is None else name, loss=self.loss,
-                              loss_param=None if self.loss_param is None else float(self.loss_param),
-                              per_class=None if self.per_class is None else int(self.per_class))
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-
-    def _resolve_autoattack(self, eps: float, name: str | None) -> AttackSpec:
-        try:
-            return AttackSpec(kind=self.kind, eps=eps, steps=0 if self.steps is None else int(self.steps),
-                              step_size=0.0, start="none", name=self.name if name is None else name,
-                              version=str(self.version), per_class=None if self.per_class is None else int(self.per_class))
-        except ValueError as err:
-            raise UsageError(str(err)) from None
 
 
 def _default_eval_attacks() -> list[dict]:
@@ -169,13 +108,13 @@ class Config:
         return parse_number(self.eps, what="eps")
 
     def train_attack_spec(self) -> AttackSpec:
-        return AttackConfig(**self.train_attack).resolve(self.eps_value, name="train")
+        return AttackSpec.from_profile(self.train_attack, self.eps_value, name="train")
 
     def monitor_attack_spec(self) -> AttackSpec:
-        return AttackConfig(**self.monitor_attack).resolve(self.eps_value)
+        return AttackSpec.from_profile(self.monitor_attack, self.eps_value)
 
     def eval_attack_specs(self) -> list[AttackSpec]:
-        specs = [AttackConfig(**a).resolve(self.eps_value) for a in self.eval_attacks]
+        specs = [AttackSpec.from_profile(a, self.eps_value) for a in self.eval_attacks]
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise UsageError(f"eval_attacks: two attacks share a name ({', '.join(names)}); give one a 'name'")
@@ -220,7 +159,7 @@ class Config:
             raise UsageError(f"eps must lie in [0, 1] (inputs are in [0, 1]); got {self.eps}")
         if not float(self.imbalance_ratio) >= 1:  # also rejects NaN
             raise UsageError(f"imbalance ratio must be >= 1 (n_max / n_min); got {self.imbalance_ratio}")
-        if self.dataset in NATURALLY_IMBALANCED and (float(self.imbalance_ratio) != 1 or self.test_split != "balanced"):
+        if is_naturally_imbalanced(self.dataset) and (float(self.imbalance_ratio) != 1 or self.test_split != "balanced"):
             raise UsageError(f"{self.dataset} is used at its natural imbalance: give imbalance ratio 1 and "
                              f"test_split balanced (the published split); got {self.imbalance_ratio:g}, {self.test_split}")
         if self.augment not in AUGMENTATIONS:
@@ -245,7 +184,7 @@ class Config:
         for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
             if not isinstance(attack, dict):
                 raise UsageError(f"an attack must be a mapping (kind, steps, step_size, start); got {attack!r}")
-            unknown = set(attack) - {f.name for f in fields(AttackConfig)}
+            unknown = set(attack) - ATTACK_PROFILE_FIELDS
             if unknown:
                 raise UsageError(f"unknown attack field(s) {', '.join(sorted(unknown))}")
         self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()

@@ -33,7 +33,7 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}  # name -> registered object
         self._metadata: dict[str, dict[str, Any]] = {}  # name -> its metadata
 
-    def register(self, name: str, obj: T | None = None, **metadata) -> Callable[[T], T] | T:
+    def register(self, name: str, obj: T | None = None, /, **metadata) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``, or, without ``obj``, return a decorator that does.
 
         A second registration of the same name is a programming error (ValueError): one entry can never

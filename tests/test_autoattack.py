@@ -10,7 +10,6 @@ import torch
 from attacks import AttackSpec, run_attack_reported
 from attacks.autoattack import REFERENCE_ITERATIONS, STAGES, autoattack, target_classes
 from benchmark.audit import autoattack_agreement, build_audit, order_checks
-from benchmark.config import AttackConfig
 from benchmark.data import to_float
 from benchmark.errors import UsageError
 from benchmark.evaluate import evaluate, predict
@@ -37,28 +36,28 @@ def test_autoattack_specs_get_readable_names_and_labels_that_say_what_ran():
     assert AttackSpec("torchattacks_autoattack", EPS).label == "AutoAttack (torchattacks)"
     first_stage = AttackSpec("autoattack", EPS, version="apgd-ce")
     assert (first_stage.name, first_stage.label) == ("apgd_ce", "APGD-CE")
-    spec = AttackConfig(kind="autoattack", per_class=5).resolve(EPS)
+    spec = AttackSpec.from_profile(dict(kind="autoattack", per_class=5), EPS)
     assert (spec.steps, spec.step_size, spec.start, spec.per_class) == (100, 0.0, "none", 5)
 
 
 def test_a_cheaper_autoattack_is_named_and_labelled_as_reduced():
-    cheap = AttackConfig(kind="autoattack", steps=10).resolve(EPS)
+    cheap = AttackSpec.from_profile(dict(kind="autoattack", steps=10), EPS)
     assert cheap.name == "aa_it10" and cheap.reduced
     assert cheap.label == "AutoAttack (10 it., reduced)"
-    assert AttackConfig(kind="autoattack", version="apgd-ce", steps=10).resolve(EPS).name == "apgd_ce_it10"
+    assert AttackSpec.from_profile(dict(kind="autoattack", version="apgd-ce", steps=10), EPS).name == "apgd_ce_it10"
     for spec in [cheap, AttackSpec("autoattack", EPS, version="apgd-ce"), AttackSpec("torchattacks_autoattack", EPS)]:
         assert spec.label != "AutoAttack"  # only the reference at its full budget carries the plain name
 
 
 def test_bad_autoattack_version_or_subset_is_a_one_line_usage_error():
     with pytest.raises(UsageError, match="AutoAttack version"):
-        AttackConfig(kind="autoattack", version="fast").resolve(EPS)
+        AttackSpec.from_profile(dict(kind="autoattack", version="fast"), EPS)
     with pytest.raises(UsageError, match="per_class"):
-        AttackConfig(kind="autoattack", per_class=0).resolve(EPS)
+        AttackSpec.from_profile(dict(kind="autoattack", per_class=0), EPS)
     with pytest.raises(UsageError, match="now runs the authors' AutoAttack"):
-        AttackConfig(kind="reference_autoattack").resolve(EPS)
+        AttackSpec.from_profile(dict(kind="reference_autoattack"), EPS)
     with pytest.raises(UsageError, match="iterations"):
-        AttackConfig(kind="autoattack", steps=-1).resolve(EPS)
+        AttackSpec.from_profile(dict(kind="autoattack", steps=-1), EPS)
 
 
 def test_target_classes_are_nine_or_all_other_classes_when_fewer():

@@ -13,7 +13,7 @@ import torchvision.datasets.cifar
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from benchmark.data import DATASETS, ImageDataset, load_dataset, stratified_subset, to_float
-from benchmark.data.datasets import FASHION_MNIST_CLASSES
+from benchmark.data.datasets.torchvision_layouts import FASHION_MNIST_CLASSES
 from benchmark.errors import UsageError
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

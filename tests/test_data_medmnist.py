@@ -10,7 +10,8 @@ import torchvision.datasets.utils
 
 from benchmark.config import Config
 from benchmark.data import DATASETS, load_dataset
-from benchmark.data.datasets import DERMAMNIST_CLASSES, NATURALLY_IMBALANCED
+from benchmark.data.datasets import NATURALLY_IMBALANCED, dataset_metadata, list_datasets
+from benchmark.data.datasets.medmnist import DERMAMNIST_CLASSES
 from benchmark.data.prepare import prepare_cell_data
 from benchmark.errors import UsageError
 
@@ -57,7 +58,8 @@ def no_network(monkeypatch):
 
 def test_dermamnist_is_known_and_naturally_imbalanced():
     assert "dermamnist" in DATASETS and "tinyimagenet" in DATASETS
-    assert NATURALLY_IMBALANCED == {"dermamnist"}
+    assert NATURALLY_IMBALANCED == {"dermamnist"} == set(list_datasets(natural_imbalance=True))
+    assert dataset_metadata("dermamnist")["classes"] == 7 and dataset_metadata("dermamnist")["image_shape"] == (3, 28, 28)
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["savez", "savez_compressed"])

@@ -8,7 +8,7 @@ import torch
 import torchvision.datasets.utils
 from PIL import Image
 
-import benchmark.data.datasets as datasets
+import benchmark.data.datasets.tinyimagenet as tinyimagenet
 from benchmark.data import DATASETS, load_dataset
 from benchmark.errors import UsageError
 
@@ -124,7 +124,7 @@ def test_second_load_reads_the_cache(tmp_path, monkeypatch):
     def no_decoding(path):
         raise AssertionError(f"decoded {path} although the cache is there")
 
-    monkeypatch.setattr(datasets, "_decode_image", no_decoding)
+    monkeypatch.setattr(tinyimagenet, "_decode_image", no_decoding)
     second = load_dataset("tinyimagenet", tmp_path)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         assert torch.equal(getattr(first, name), getattr(second, name)), name
