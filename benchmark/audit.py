@@ -1,5 +1,8 @@
 """The audit block of an evaluation: checks that catch broken attacks and gradient masking.
 
+What an attack is (its strength family, whether it is iterative, which library runs it, which kind it is a
+cross-check of) comes from the attack registry (``AttackSpec.metadata``), never from kind strings.
+
 Never hidden: every cell's ``metrics.json`` carries it, and a failed check is a flag, not an error,
 so a suspicious number stays visible next to the evidence against it.
 """
@@ -8,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from attacks import AUTOATTACKS, AttackSpec
+from attacks import AttackSpec
 from .data.loader import to_float
 
 ORDER_TOLERANCE = 0.01  # robust accuracy a stronger attack may exceed a weaker one by (sampling noise of random starts)
@@ -20,10 +23,11 @@ def attack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], specs: d
     start) disagree about robustness; a class with more than one is flagged."""
     out = []
     for ours in specs.values():
-        if ours.kind != "pgd" or ours.start != "none" or ours.loss != "ce":
+        if ours.metadata["library"] != "own" or "start" not in ours.metadata["takes"] or ours.start != "none" \
+                or ours.loss != "ce":
             continue
         for theirs in specs.values():
-            if (theirs.kind == "torchattacks_pgd" and theirs.start == "none" and theirs.eps == ours.eps
+            if (theirs.metadata["cross_check_of"] == ours.kind and theirs.start == "none" and theirs.eps == ours.eps
                     and theirs.steps == ours.steps and theirs.step_size == ours.step_size):
                 both = (predictions[ours.name] >= 0) & (predictions[theirs.name] >= 0)
                 differs = both & ((predictions[ours.name] == y) != (predictions[theirs.name] == y))
@@ -43,6 +47,11 @@ def _accuracy_on_common(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[fl
     return float((a[both] == y[both]).mean()), float((b[both] == y[both]).mean()), n
 
 
+def own_gradient(metadata: dict) -> bool:
+    """Our own gradient attack (FGSM, PGD): what the order checks compare AutoAttack and each other against."""
+    return metadata["family"] == "gradient" and metadata["library"] == "own"
+
+
 def order_checks(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[str, AttackSpec],
                  tolerance: float = ORDER_TOLERANCE) -> list[dict]:
     """Robust accuracy must not rise with attack strength: PGD ≤ FGSM at the same ε, a PGD with more
@@ -51,13 +60,15 @@ def order_checks(y: np.ndarray, predictions: dict[str, np.ndarray], specs: dict[
     pairs = []
     for strong in specs.values():
         for weak in specs.values():
-            same_eps = strong.eps == weak.eps
-            if strong.kind == "pgd" and weak.kind == "fgsm" and same_eps and strong.loss == "ce":
+            same_eps, s_meta, w_meta = strong.eps == weak.eps, strong.metadata, weak.metadata
+            if (own_gradient(s_meta) and s_meta["iterative"] and own_gradient(w_meta) and not w_meta["iterative"]
+                    and same_eps and strong.loss == "ce"):
                 pairs.append((strong, weak))
-            elif (strong.kind == weak.kind == "pgd" and same_eps and strong.loss == weak.loss
-                  and strong.start == weak.start and strong.steps > weak.steps):
+            elif (strong.kind == weak.kind and own_gradient(s_meta) and s_meta["iterative"] and same_eps
+                  and strong.loss == weak.loss and strong.start == weak.start and strong.steps > weak.steps):
                 pairs.append((strong, weak))
-            elif strong.kind in AUTOATTACKS and weak.kind == "pgd" and weak.loss == "ce" and same_eps:
+            elif (s_meta["family"] == "ensemble" and own_gradient(w_meta) and w_meta["iterative"] and weak.loss == "ce"
+                  and same_eps):
                 pairs.append((strong, weak))
     out = []
     for s, w in pairs:
@@ -75,7 +86,7 @@ def autoattack_agreement(y: np.ndarray, predictions: dict[str, np.ndarray], spec
     out = []
     for ref in specs.values():
         for ta in specs.values():
-            if (ref.kind == "autoattack" and ta.kind == "torchattacks_autoattack" and ta.eps == ref.eps
+            if (ref.metadata["family"] == "ensemble" and ta.metadata["cross_check_of"] == ref.kind and ta.eps == ref.eps
                     and ta.version == ref.version and ta.steps == ref.steps):
                 both = (predictions[ta.name] >= 0) & (predictions[ref.name] >= 0)
                 fooled_ref = np.bincount(y[both & (predictions[ref.name] != y)], minlength=num_classes)

@@ -162,7 +162,8 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         predictions[name] = full
         records[name] = {"seconds": time.perf_counter() - started, **sanity, "examples": int(len(idx)),
                          "spec": attack.to_dict() if attack is not None else None,
-                         "label": attack.label if attack is not None else "Clean"}
+                         "label": attack.label if attack is not None else "Clean",
+                         "description": attack.description if attack is not None else "clean inputs, no attack"}
         records[name]["forward_calls_in_train_mode"] = train_mode_calls[0] - calls_before
         if attack is not None:
             records[name]["seed"] = seed

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attacks import AttackSpec, fgsm, pgd, random_start, run_attack
+from attacks import AUTOATTACKS, AttackSpec, attack_metadata, fgsm, list_attacks, pgd, random_start, run_attack
+from benchmark.errors import UsageError
 from attacks.torchattacks_bridge import torchattacks_pgd
 from benchmark.data import to_float
 
@@ -117,3 +118,31 @@ def test_cw_and_logit_scaled_pgd_get_their_names_and_stay_in_budget(clean_mnist_
             assert (clean_mnist_model(x_adv).argmax(1) == y).float().mean() < (clean_mnist_model(x).argmax(1) == y).float().mean()
     with pytest.raises(ValueError, match="needs kind 'pgd'"):
         AttackSpec("fgsm", 0.1, loss="cw")
+
+
+def test_every_registered_kind_says_what_it_is_and_describes_its_spec_in_one_line():
+    assert list_attacks() == ["autoattack", "fgsm", "pgd", "torchattacks_autoattack", "torchattacks_pgd"]
+    for kind in list_attacks():
+        meta = attack_metadata(kind)
+        assert meta["family"] in ("gradient", "ensemble") and isinstance(meta["iterative"], bool)
+        assert meta["cross_check_of"] in (None, *list_attacks())
+        spec = AttackSpec.from_profile({"kind": kind, "steps": 5, "per_class": 3}, 8 / 255)
+        text = spec.description
+        assert text.startswith(f"{kind} (") and "ε 8/255" in text and "3 examples per class" in text and "\n" not in text
+        assert "description" not in spec.to_dict() and "label" not in spec.to_dict()  # what the cell key hashes
+    assert AUTOATTACKS == tuple(list_attacks(family="ensemble")) == ("autoattack", "torchattacks_autoattack")
+    assert list_attacks("torchattacks_*", family="gradient") == ["torchattacks_pgd"]
+    assert AttackSpec("pgd", 8 / 255, 20, 2 / 255).description == (
+        "pgd (our L∞ PGD), 20 steps, step 2/255, ε 8/255 (L∞), uniform random start, objective ce, all examples")
+
+
+def test_a_profile_attack_resolves_with_the_profile_defaults():
+    train = AttackSpec.from_profile({}, 8 / 255, name="train")
+    assert (train.kind, train.steps, train.step_size, train.start, train.name) == ("pgd", 10, 2 / 255, "normal", "train")
+    own_eps = AttackSpec.from_profile({"kind": "pgd", "steps": 20, "eps": "4/255", "start": "uniform"}, 8 / 255)
+    assert own_eps.eps == 4 / 255 and own_eps.step_size == 1 / 255  # relative to the attack's own ε
+    assert AttackSpec.from_profile({"kind": "autoattack"}, 8 / 255).steps == 100
+    with pytest.raises(UsageError, match="unknown attack field"):
+        AttackSpec.from_profile({"kind": "pgd", "stepz": 3}, 8 / 255)
+    with pytest.raises(UsageError, match="^unknown attack kind 'pdg'; known attack kinds: .*did you mean 'pgd'"):
+        AttackSpec.from_profile({"kind": "pdg"}, 8 / 255)

@@ -239,6 +239,8 @@ def test_an_attack_with_per_class_runs_on_a_stratified_subset_and_is_scored_ther
     assert cascade["stages"] == ["clean", "apgd-ce"] and cascade["examples_per_class"] == [2] * 10
     assert sum(cascade["robust_per_class"][-1]) == int((aa[aa >= 0] == y.numpy()[aa >= 0]).sum())
     assert out["records"]["apgd_ce"]["label"] == "APGD-CE"
+    assert out["records"]["apgd_ce"]["description"].startswith("autoattack (the authors' AutoAttack")
+    assert "version apgd-ce" in out["records"]["apgd_ce"]["description"] and "2 examples per class" in out["records"]["apgd_ce"]["description"]
     assert np.bincount(y.numpy()[aa >= 0], minlength=10).tolist() == [2] * 10
     summary = summarize_evaluation(y.numpy(), out["predictions"], 10, [10] * 10)
     assert summary["attacks"]["apgd_ce"]["examples"] == 20
