@@ -20,7 +20,7 @@ import yaml
 from attacks import AttackSpec
 from methods import create_method
 from .audit import build_audit, zero_gradient_fraction
-from .data.datasets import NATURALLY_IMBALANCED
+from .data.datasets import is_naturally_imbalanced
 from .data.prepare import evaluation_subset, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
 from .metrics import summarize_evaluation
@@ -135,7 +135,7 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
         data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
               "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
               "train_size": int(sum(data.train_counts)),
-              "test_split": "natural" if data.name in NATURALLY_IMBALANCED else cfg.test_split,
+              "test_split": "natural" if is_naturally_imbalanced(data.name) else cfg.test_split,
               "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
               "eval_examples": int(len(y_eval)),
               "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},

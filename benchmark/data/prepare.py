@@ -1,7 +1,7 @@
 """The data of one cell: the dataset, its long-tailed training subset and the chosen test split.
 
 Balanced datasets (MNIST, CIFAR, Tiny-ImageNet) are made long-tailed by subsampling the training
-split at the cell's imbalance ratio. Datasets in NATURALLY_IMBALANCED (DermaMNIST) are already
+split at the cell's imbalance ratio. Naturally imbalanced datasets (DermaMNIST: registered with ``natural_imbalance``) are already
 long-tailed: every training image is kept, so their cells must say ``imbalance_ratio: 1`` (no extra
 imbalance on top of the natural one), and the recorded ``train_counts`` show the natural counts.
 """
@@ -14,7 +14,7 @@ import torch
 
 from benchmark.errors import UsageError
 
-from .datasets import NATURALLY_IMBALANCED, load_dataset
+from .datasets import is_naturally_imbalanced, load_dataset
 from .longtail import make_longtail
 from .splits import carve_validation
 
@@ -31,7 +31,7 @@ class CellData:
     y_test: torch.Tensor
     train_counts: list[int]
     train_indices: np.ndarray
-    test_indices: np.ndarray | None  # None: the full test split (balanced, except for NATURALLY_IMBALANCED data)
+    test_indices: np.ndarray | None  # None: the full test split (balanced, except for naturally imbalanced data)
     # a validation split carved from the training subset (model selection ``val_best``); None otherwise
     x_val: torch.Tensor | None = None
     y_val: torch.Tensor | None = None
@@ -76,16 +76,16 @@ def _prepare(cfg) -> CellData:
     """Long-tailed training subset (its own subset seed); balanced test split unless ``test_split: longtail``,
     which applies the same IR to the test split as the TAET authors' code does.
 
-    A naturally imbalanced dataset (NATURALLY_IMBALANCED) is used as published: all training images
+    A naturally imbalanced dataset (``is_naturally_imbalanced``) is used as published: all training images
     (train_counts = their per-class counts), the published test split, which is imbalanced like the
     training split (compare methods on per-class / balanced metrics). It needs ``imbalance_ratio: 1``
     and the default ``test_split``; anything else is a UsageError, raised before any file is read, so
     that no two cell keys ever name the same experiment.
     """
-    if cfg.dataset in NATURALLY_IMBALANCED:
+    if is_naturally_imbalanced(cfg.dataset):
         _check_natural_settings(cfg)
     data = load_dataset(cfg.dataset, cfg.data_root, download=cfg.download)
-    if cfg.dataset in NATURALLY_IMBALANCED:
+    if is_naturally_imbalanced(cfg.dataset):
         counts = np.bincount(data.y_train.numpy(), minlength=data.num_classes)
         return CellData(name=data.name, classes=list(data.classes), x_train=data.x_train, y_train=data.y_train,
                         x_test=data.x_test, y_test=data.y_test, train_counts=[int(n) for n in counts],

@@ -33,7 +33,7 @@ def _load_dermamnist(root: Path, download: bool) -> ImageDataset:
     uint8 [N, 1]; images become [N, 3, 28, 28] and labels int64 [N]. `test` is the test split and
     `val` is kept in `x_val`/`y_val`. Only the 28×28 file is read (MedMNIST+'s dermamnist_64/128/224.npz
     are not). The training split is long-tailed as published (nevi 4,693 ... dermatofibroma 80), so
-    DermaMNIST is in NATURALLY_IMBALANCED. Download (from MedMNIST's Zenodo record) only when asked.
+    DermaMNIST registers natural_imbalance=True. Download (from MedMNIST's Zenodo record) only when asked.
     """
     path = root / DERMAMNIST_FILE
     if not path.is_file() and download:
