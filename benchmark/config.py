@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from attacks import AttackSpec
-from attacks.spec import PROFILE_FIELDS as ATTACK_PROFILE_FIELDS
-from methods import get_method_class
+# The registries: the one place names are checked (_check_registered); importing a package registers its entries.
+from attacks import AttackSpec, get_attack
+from attacks.spec import RENAMED_KINDS
+from methods import get_method
+from .data.datasets import get_dataset, is_naturally_imbalanced
+from .models import get_model
+
 from methods.schedule import COMMON_MILESTONES, COMMON_SELECT_FROM
-from .data.datasets import is_naturally_imbalanced
+from .cell import AS_WRITTEN_FIELDS, LOCATION_FIELDS, cell_key  # noqa: F401  (the one identity rule)
 from .data.transforms import AUGMENTATIONS
 from .errors import UsageError
 from .numbers import parse_number  # noqa: F401  (also imported from here)
@@ -28,11 +30,6 @@ from .fastpath import SPEED_SWITCHES, parse_switch, speed_of
 from .plan import AMP_MODES, SCHEDULE_UNITS, SELECTIONS, TEST_SPLITS, Plan
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-# Fields that say where things are, not what is computed: left out of the cell key.
-LOCATION_FIELDS = ("data_root", "download", "device")
-# Fields whose resolved form (eps_value, *_spec(s), method_hparams, milestone_epochs) is what the key hashes.
-AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
-                     "select_from")
 
 
 def _default_eval_attacks() -> list[dict]:
@@ -181,14 +178,17 @@ class Config:
         for name in ("epochs", "batch_size", "eval_batch_size", "monitor_every"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1; got {getattr(self, name)}")
-        for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
-            if not isinstance(attack, dict):
-                raise UsageError(f"an attack must be a mapping (kind, steps, step_size, start); got {attack!r}")
-            unknown = set(attack) - ATTACK_PROFILE_FIELDS
-            if unknown:
-                raise UsageError(f"unknown attack field(s) {', '.join(sorted(unknown))}")
-        self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()
+        self._check_registered()
+        self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()  # fields, values (one line each)
         return self
+
+    def _check_registered(self) -> None:
+        """Every name this config picks is registered: "unknown X 'nope'; known Xs: …" from the registry otherwise."""
+        get_dataset(self.dataset), get_model(self.model), get_method(self.method_name)
+        for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
+            kind = attack.get("kind", "pgd") if isinstance(attack, dict) else None
+            if isinstance(kind, str) and kind not in RENAMED_KINDS:  # a renamed kind: AttackSpec says what it became
+                get_attack(kind)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -196,7 +196,7 @@ class Config:
     def resolved(self) -> dict:
         """The config with every number that runs spelled out: what the cell key hashes."""
         out = self.to_dict()
-        out["method_hparams"] = {**get_method_class(self.method_name).defaults, **self.method_args}
+        out["method_hparams"] = {**get_method(self.method_name).defaults, **self.method_args}
         out["eps_value"] = self.eps_value
         out["train_attack_spec"] = self.train_attack_spec().to_dict()
         out["eval_attack_specs"] = [s.to_dict() for s in self.eval_attack_specs()]
@@ -210,15 +210,7 @@ class Config:
         """Stable cell key: readable prefix + hash of the resolved config. Locations are left out, and
         so are the as-written forms that ``resolved`` spells out (ε, attacks, method arguments), so
         ``eps: 0.1`` and ``eps: 1/10`` name the same cell."""
-        return self._key_of(self.resolved())
-
-    def _key_of(self, resolved: dict) -> str:
-        semantic = {k: v for k, v in resolved.items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS}
-        if self.selection != "val_best":  # the split is carved only for val_best
-            semantic.pop("val_fraction")
-        digest = hashlib.sha1(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:10]
-        ir = f"{float(self.imbalance_ratio):g}"
-        return f"{self.dataset}-ir{ir}-{self.method}-{self.model}-s{self.seed}-{digest}"
+        return cell_key(self.resolved())
 
     def resolve(self, device: str | None = None) -> Plan:
         """The frozen plan of this cell on ``device`` (a name: cpu, cuda:1; default the config's own).
@@ -226,7 +218,7 @@ class Config:
         cfg = self if device is None else dataclasses.replace(self, device=str(device))
         resolved = cfg.resolved()
         return Plan(
-            key=cfg._key_of(resolved), config=cfg.to_dict(), resolved=resolved,
+            key=cell_key(resolved), config=cfg.to_dict(), resolved=resolved,
             dataset=cfg.dataset, data_root=cfg.data_root, download=cfg.download,
             imbalance_ratio=cfg.imbalance_ratio, subset_seed=cfg.subset_seed, test_split=cfg.test_split,
             augment=cfg.augment, model=cfg.model, model_args=copy.deepcopy(cfg.model_args), method=cfg.method,
@@ -305,7 +297,7 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
         raise UsageError(f"method_args: expected a mapping of method name to settings, got {profile_method_args!r}")
     for method in map(str, axes["method"]):
         name, _, preset_name = method.partition(".")
-        method_cls = get_method_class(name)
+        method_cls = get_method(name)
         preset = dict(method_cls.preset(preset_name)) if preset_name else {}
         extra_attacks = preset.pop("extra_eval_attacks", [])  # a preset's attacks beside the profile's suite
         per_method_args = profile_method_args.get(name) or {}

@@ -185,6 +185,11 @@ def test_grid_expands_methods_then_ratios_then_seeds():
     ({"test_split": "tail"}, "test_split must be one of"),
     ({"epochs": 0}, "epochs must be >= 1"),
     ({"train_attack": {"kind": "pgd", "stepz": 3}}, "unknown attack field"),
+    # names are checked against the registries, with their own message
+    ({"dataset": "cifar11"}, "unknown dataset 'cifar11'; known datasets: "),
+    ({"model": "resnet19"}, "unknown model 'resnet19'; known models: "),
+    ({"eval_attacks": [{"kind": "pgdd"}]}, "unknown attack kind 'pgdd'; known attack kinds: "),
+    ({"train_attack": {"kind": "reference_autoattack"}}, "kind 'autoattack' now runs the authors' AutoAttack"),
     ({"eval_attacks": [{"kind": "pgd", "steps": 3}, {"kind": "pgd", "steps": 3}]}, "share a name"),
 ])
 def test_expand_grid_rejects_bad_settings_with_a_usage_error(profile, message):
