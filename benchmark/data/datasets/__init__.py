@@ -4,9 +4,17 @@
 (MNIST, Fashion-MNIST, CIFAR-10/100 in torchvision's layouts, read by our own parsers), ``tinyimagenet``
 (the official folder, decoded once and cached) and ``medmnist`` (DermaMNIST's .npz). ``base`` holds
 ``ImageDataset`` and the registry: ``register_dataset(name, **metadata)``, ``list_datasets(pattern)``,
-``get_dataset(name)``, ``dataset_metadata(name)``; a new family is one new module imported below.
+``get_dataset(name)``, ``dataset_metadata(name)``. Every module of the package is imported below (the four
+families first, in the order messages list them), so a new family is one new file here.
 """
+import importlib
+import pkgutil
+
 from . import embedded, torchvision_layouts, tinyimagenet, medmnist  # noqa: F401  (registration, in this order)
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):  # any other family file registers after them
+    importlib.import_module(f"{__name__}.{_module}")
+
 from .base import (ImageDataset, dataset_metadata, get_dataset, is_naturally_imbalanced, list_datasets, load_dataset,
                    register_dataset, registration_order)
 
