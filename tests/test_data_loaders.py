@@ -1,7 +1,4 @@
 """Dataset readers on tiny files in torchvision's real on-disk formats, and the embedded mnist5k split."""
-import gzip
-import pickle
-import struct
 import urllib.error
 from pathlib import Path
 
@@ -16,74 +13,7 @@ from benchmark.data import DATASETS, ImageDataset, load_dataset, stratified_subs
 from benchmark.data.datasets.torchvision_layouts import FASHION_MNIST_CLASSES
 from benchmark.errors import UsageError
 
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-IDX_STEMS = {("train", "images"): "train-images-idx3-ubyte", ("train", "labels"): "train-labels-idx1-ubyte",
-             ("test", "images"): "t10k-images-idx3-ubyte", ("test", "labels"): "t10k-labels-idx1-ubyte"}
-
-
-def random_split(rng: np.random.RandomState, num_classes: int, per_class: int, pixels: int):
-    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    return rng.randint(0, 256, size=(len(labels), pixels), dtype=np.uint8), labels
-
-
-def write_pickle(path: Path, entry: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as stream:
-        pickle.dump(entry, stream, protocol=2)
-
-
-def write_cifar10(root: Path) -> dict:
-    """Five train batches and a test batch with CIFAR-10's keys: data uint8 [N, 3072], labels a list of ints."""
-    rng = np.random.RandomState(0)
-    folder = root / "cifar-10-batches-py"
-    written = {"train": [], "test": []}
-    for file in [f"data_batch_{n}" for n in range(1, 6)] + ["test_batch"]:
-        data, labels = random_split(rng, 10, 1 if file != "test_batch" else 2, 3072)
-        write_pickle(folder / file, {"batch_label": f"{file} of 6", "labels": labels.tolist(), "data": data,
-                                     "filenames": [f"img_{i}.png" for i in range(len(labels))]})
-        written["test" if file == "test_batch" else "train"].append((data, labels))
-    write_pickle(folder / "batches.meta", {"num_cases_per_batch": 10, "label_names": CIFAR10_NAMES, "num_vis": 3072})
-    return {split: tuple(np.concatenate(parts) for parts in zip(*batches)) for split, batches in written.items()}
-
-
-def write_cifar100(root: Path) -> dict:
-    """CIFAR-100's train/test/meta pickles: fine and coarse labels, fine names in the meta file."""
-    rng = np.random.RandomState(1)
-    folder = root / "cifar-100-python"
-    written = {}
-    for split, per_class in (("train", 3), ("test", 1)):
-        data, labels = random_split(rng, 100, per_class, 3072)
-        write_pickle(folder / split, {"filenames": [f"img_{i}.png" for i in range(len(labels))],
-                                      "batch_label": f"{split} batch 1 of 1", "fine_labels": labels.tolist(),
-                                      "coarse_labels": (labels // 5).tolist(), "data": data})
-        written[split] = (data, labels)
-    write_pickle(folder / "meta", {"fine_label_names": [f"fine_{c}" for c in range(100)],
-                                   "coarse_label_names": [f"coarse_{c}" for c in range(20)]})
-    return written
-
-
-def idx_bytes(array: np.ndarray) -> bytes:
-    """An unsigned-byte idx file: two zero bytes, type 0x08, rank, then big-endian int32 dims."""
-    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}i", *array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def write_idx_dataset(folder: Path, compressed: bool) -> dict:
-    rng = np.random.RandomState(2)
-    folder.mkdir(parents=True)
-    written = {}
-    for split, per_class in (("train", 3), ("test", 2)):
-        pixels, labels = random_split(rng, 10, per_class, 28 * 28)
-        images = pixels.reshape(-1, 28, 28)
-        for kind, array in (("images", images), ("labels", labels)):
-            stem = IDX_STEMS[(split, kind)]
-            if compressed:
-                with gzip.open(folder / f"{stem}.gz", "wb") as stream:
-                    stream.write(idx_bytes(array))
-            else:
-                (folder / stem).write_bytes(idx_bytes(array))
-        written[split] = (images, labels)
-    return written
+from dataset_files import CIFAR10_NAMES, IDX_STEMS, random_split, write_pickle, write_cifar10, write_cifar100, idx_bytes, write_idx_dataset  # noqa: F401  (the writers, shared with test_contracts)
 
 
 def assert_split(images: torch.Tensor, labels: torch.Tensor, expected_images: np.ndarray, expected_labels: np.ndarray):

@@ -16,29 +16,7 @@ from benchmark.data.prepare import prepare_cell_data
 from benchmark.errors import UsageError
 
 # DermaMNIST's published training counts per label (7,007 images); val/test are kept small here.
-TRAIN_COUNTS = [228, 359, 769, 80, 779, 4693, 99]
-VAL_COUNTS = [3, 5, 11, 1, 11, 67, 2]
-TEST_COUNTS = [7, 10, 22, 2, 22, 134, 3]
-SMALL_TRAIN = [3, 4, 6, 1, 6, 20, 2]  # for the tests that only need the format
-
-
-def medmnist_split(rng: np.random.RandomState, counts: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """MedMNIST's arrays: images uint8 [N, 28, 28, 3] (HWC), labels uint8 [N, 1], classes shuffled together."""
-    labels = rng.permutation(np.repeat(np.arange(len(counts)), counts)).astype(np.uint8)[:, None]
-    return rng.randint(0, 256, size=(len(labels), 28, 28, 3), dtype=np.uint8), labels
-
-
-def write_dermamnist(root: Path, train=SMALL_TRAIN, val=VAL_COUNTS, test=TEST_COUNTS, compressed=False,
-                     **replace) -> dict:
-    rng = np.random.RandomState(0)
-    arrays = {}
-    for split, counts in (("train", train), ("val", val), ("test", test)):
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = medmnist_split(rng, counts)
-    arrays.update(replace)
-    arrays = {key: value for key, value in arrays.items() if value is not None}
-    root.mkdir(parents=True, exist_ok=True)
-    (np.savez_compressed if compressed else np.savez)(root / "dermamnist.npz", **arrays)
-    return arrays
+from dataset_files import TRAIN_COUNTS, VAL_COUNTS, TEST_COUNTS, SMALL_TRAIN, medmnist_split, write_dermamnist  # noqa: F401  (the writers, shared with test_contracts)
 
 
 def cell(root: Path, **settings) -> SimpleNamespace:

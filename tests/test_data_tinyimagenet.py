@@ -12,46 +12,7 @@ import benchmark.data.datasets.tinyimagenet as tinyimagenet
 from benchmark.data import DATASETS, load_dataset
 from benchmark.errors import UsageError
 
-WNIDS = ["n01443537", "n01629819", "n01641577"]
-WORDS = {  # as words.txt writes them: several names, comma-separated; plus ids of other ImageNet classes
-    "n00001740": "entity",
-    "n01443537": "goldfish, Carassius auratus",
-    "n01629819": "European fire salamander, Salamandra salamandra",
-    "n01641577": "bullfrog, Rana catesbeiana",
-    "n01644373": "tree frog, tree-frog",
-}
-# Per class: (file name, colour); names deliberately not in sorted order. Class 1 holds a greyscale JPEG.
-TRAIN = {
-    "n01443537": [("n01443537_1.JPEG", (200, 40, 40)), ("n01443537_0.JPEG", (40, 200, 40))],
-    "n01629819": [("n01629819_0.JPEG", 128), ("n01629819_7.JPEG", (40, 40, 200))],
-    "n01641577": [("n01641577_3.JPEG", (250, 250, 20)), ("n01641577_2.JPEG", (20, 250, 250))],
-}
-VAL = [("val_2.JPEG", "n01641577", (90, 90, 200)), ("val_0.JPEG", "n01443537", (200, 90, 90)),
-       ("val_10.JPEG", "n01629819", (90, 200, 90)), ("val_1.JPEG", "n01629819", 60)]
-
-
-def write_jpeg(path: Path, colour, size: int = 64) -> None:
-    """A solid-colour JPEG; an int colour makes a greyscale ("L") JPEG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "L" if isinstance(colour, int) else "RGB"
-    Image.new(mode, (size, size), colour).save(path, format="JPEG", quality=95)
-
-
-def write_tiny_imagenet(root: Path) -> Path:
-    folder = root / "tiny-imagenet-200"
-    folder.mkdir(parents=True)
-    (folder / "wnids.txt").write_text("".join(f"{wnid}\n" for wnid in WNIDS))
-    (folder / "words.txt").write_text("".join(f"{wnid}\t{names}\n" for wnid, names in WORDS.items()))
-    for wnid, images in TRAIN.items():
-        for file, colour in images:
-            write_jpeg(folder / "train" / wnid / "images" / file, colour)
-        (folder / "train" / wnid / f"{wnid}_boxes.txt").write_text("".join(f"{f}\t0\t0\t63\t63\n" for f, _ in images))
-    for file, _, colour in VAL:
-        write_jpeg(folder / "val" / "images" / file, colour)
-    (folder / "val" / "val_annotations.txt").write_text(
-        "".join(f"{file}\t{wnid}\t0\t8\t60\t62\n" for file, wnid, _ in VAL))
-    write_jpeg(folder / "test" / "images" / "test_0.JPEG", (1, 2, 3))  # unlabelled: never read
-    return folder
+from dataset_files import WNIDS, WORDS, TRAIN, VAL, write_jpeg, write_tiny_imagenet  # noqa: F401  (the writers, shared with test_contracts)
 
 
 def solid(colour) -> np.ndarray:
