@@ -101,7 +101,7 @@ def _reference_stages(model: torch.nn.Module, eps: float, version: str, num_clas
     if iterations != REFERENCE_ITERATIONS:  # a reduced budget: rebuild the attacks (their schedules derive from n_iter)
         old = adversary.apgd
         adversary.apgd = APGDAttack(model, n_restarts=old.n_restarts, n_iter=iterations, eps=eps, norm="Linf",
-                                    eot_iter=old.eot_iter, rho=old.rho, seed=seed, device=device,
+                                    eot_iter=old.eot_iter, rho=old.thr_decr, seed=seed, device=device,
                                     logger=adversary.logger)
         adversary.apgd_targeted = APGDAttack_targeted(model, n_restarts=1, n_iter=iterations, eps=eps, norm="Linf",
                                                       eot_iter=1, rho=.75, seed=seed, device=device,
