@@ -18,6 +18,7 @@ import yaml
 from attacks import AttackSpec, get_attack
 from attacks.spec import RENAMED_KINDS
 from methods import get_method
+from methods.base import split_method_tag
 from .data.datasets import get_dataset, is_naturally_imbalanced
 from .models import get_model
 
@@ -93,12 +94,11 @@ class Config:
 
     @property
     def method_name(self) -> str:
-        return self.method.split(".", 1)[0]
+        return split_method_tag(self.method)[0]
 
     @property
     def method_preset(self) -> str | None:
-        parts = self.method.split(".", 1)
-        return parts[1] if len(parts) == 2 else None
+        return split_method_tag(self.method)[1]
 
     @property
     def eps_value(self) -> float:
@@ -296,7 +296,7 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
     if not isinstance(profile_method_args, dict):
         raise UsageError(f"method_args: expected a mapping of method name to settings, got {profile_method_args!r}")
     for method in map(str, axes["method"]):
-        name, _, preset_name = method.partition(".")
+        name, preset_name = split_method_tag(method)
         method_cls = get_method(name)
         preset = dict(method_cls.preset(preset_name)) if preset_name else {}
         extra_attacks = preset.pop("extra_eval_attacks", [])  # a preset's attacks beside the profile's suite

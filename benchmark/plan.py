@@ -16,6 +16,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from methods.base import split_method_tag
+
 SELECTIONS = ("final", "val_best", "test_best")
 TEST_SPLITS = ("balanced", "longtail")
 AMP_MODES = ("none", "bf16", "auto")  # auto: bf16 on CUDA, none elsewhere (the plan records which)
@@ -73,12 +75,11 @@ class Plan:
 
     @property
     def method_name(self) -> str:
-        return self.method.split(".", 1)[0]
+        return split_method_tag(self.method)[0]
 
     @property
     def method_preset(self) -> str | None:
-        parts = self.method.split(".", 1)
-        return parts[1] if len(parts) == 2 else None
+        return split_method_tag(self.method)[1]
 
     def record(self) -> dict:
         """A copy of the resolved configuration, to write into a cell's files."""

@@ -143,6 +143,12 @@ def get_method(name: str) -> type[Method]:
 get_method_class = get_method  # the older name, used across the harness
 
 
+def split_method_tag(tag: str) -> tuple[str, str | None]:
+    """``"at.madry"`` → ``("at", "madry")``, ``"taet"`` → ``("taet", None)``: a method name and its preset."""
+    name, _, preset = tag.partition(".")
+    return name, preset or None
+
+
 def create_method(name: str, **hparams) -> Method:
     """A method by registry name; a ``name.preset`` tag selects only the config preset, not the class."""
-    return get_method_class(name.split(".", 1)[0])(**hparams)
+    return get_method_class(split_method_tag(name)[0])(**hparams)
