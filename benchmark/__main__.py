@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     from methods import describe_methods
-    from .config import expand_grid, load_profile
-    from .executors import resolve_device, run_grid
+    from .config import check_device_present, expand_grid, load_profile
+    from .executors import make_executor, resolve_device, run_grid
     from .cell import cell_status
 
     if args.list_methods:
@@ -78,9 +78,26 @@ def _run(args) -> int:
     if args.devices and args.device:
         raise UsageError("give either --device (one device for every cell) or --devices (one cell per device)")
     device = resolve_device(args.devices)  # each cell's plan: resolved once, here, for where it runs
+    for name in sorted({cfg.device for cfg in cells} if not args.devices else set(make_executor(args.devices).devices)):
+        check_device_present(name)  # before any folder exists: `--device cuda` without a GPU is one line
+    check_results_folder(Path(args.results))
     run_grid([cfg.resolve(device) for cfg in cells], Path(args.results), force=args.force,
              progress=not args.no_progress, quiet=args.quiet, devices=args.devices)
     return 0
+
+
+def check_results_folder(results: Path) -> None:
+    """The results folder is a folder (or can be made) and writable: a one-line UsageError otherwise.
+    Nothing is created here; the grid makes the folder when its first cell starts."""
+    import os
+
+    existing = results
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UsageError(f"results folder {results}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"results folder {results}: {existing} is not writable")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ import yaml
 
 # The registries: the one place names are checked (_check_registered); importing a package registers its entries.
 from attacks import AttackSpec, get_attack
-from attacks.spec import RENAMED_KINDS
+from attacks.pgd import STARTS
+from attacks.spec import PROFILE_FIELDS, RENAMED_KINDS, attack_metadata
 from methods import get_method
 from methods.base import split_method_tag
 from .data.datasets import get_dataset, is_naturally_imbalanced
@@ -143,7 +146,7 @@ class Config:
                     value = kind(value)
                 elif kind is bool and not isinstance(value, bool):
                     raise ValueError
-                elif kind in (list, dict) and not isinstance(value, kind):
+                elif kind in (list, dict, str) and not isinstance(value, kind):
                     raise ValueError
             except (TypeError, ValueError):
                 raise UsageError(f"{name}: expected {kind.__name__}, got {value!r}") from None
@@ -175,16 +178,73 @@ class Config:
             raise UsageError(f"select_from must name an epoch in [0, {self.epochs}); got {self.select_from}")
         if self.schedule_unit not in SCHEDULE_UNITS:
             raise UsageError(f"schedule_unit must be one of {', '.join(SCHEDULE_UNITS)}; got {self.schedule_unit!r}")
-        for name in ("epochs", "batch_size", "eval_batch_size", "monitor_every"):
-            if int(getattr(self, name)) < 1:
+        for name in ("epochs", "batch_size", "eval_batch_size", "monitor_every", "monitor_per_class", "eval_per_class"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise UsageError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("seed", "subset_seed"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr must be a finite number > 0; got {self.lr}")
+        if not 0 < self.lr_gamma <= 1:  # also rejects NaN
+            raise UsageError(f"lr_gamma must lie in (0, 1] (lr is multiplied by it at each milestone); got {self.lr_gamma}")
+        for name in ("momentum", "weight_decay"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise UsageError(f"{name} must be a finite number >= 0; got {getattr(self, name)}")
+        for m in self.milestones:
+            if not parse_number(m, what="milestones") >= 0:
+                raise UsageError(f"milestones must be >= 0 (fractions of the budget or epochs); got {m}")
+        check_device_name(self.device)
+        self._check_attack_fields()
         self._check_registered()
-        self.train_attack_spec(), self.monitor_attack_spec(), self.eval_attack_specs()  # fields, values (one line each)
+        self._check_attacks()
         return self
+
+    def _check_attack_fields(self) -> None:
+        """Each attack a mapping of known fields with values of the right type (did-you-mean for a typo)."""
+        if not all(isinstance(a, dict) for a in self.eval_attacks):
+            raise UsageError(f"eval_attacks: each attack must be a mapping (kind, steps, step_size, start); "
+                             f"got {self.eval_attacks!r}")
+        for where, attack in [("train_attack", self.train_attack), ("monitor_attack", self.monitor_attack),
+                              *((f"eval_attacks[{i}]", a) for i, a in enumerate(self.eval_attacks))]:
+            for key, value in attack.items():
+                if key not in PROFILE_FIELDS:
+                    raise UsageError(f"{where}: unknown attack field {key!r}{did_you_mean(str(key), PROFILE_FIELDS)}")
+                if value is None and key != "kind":
+                    continue
+                if key in ("kind", "start", "name", "loss", "version") and not isinstance(value, str):
+                    raise UsageError(f"{where}: {key} must be a string; got {value!r}")
+                if key in ("steps", "per_class") and (isinstance(value, bool) or not isinstance(value, int)):
+                    raise UsageError(f"{where}: {key} must be a whole number; got {value!r}")
+                if key == "loss_param" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise UsageError(f"{where}: loss_param must be a number; got {value!r}")
+
+    def _check_attacks(self) -> None:
+        """Every attack's fields and values, before anything runs: steps >= 1, step size > 0, a known start
+        (for the kinds that take them; AutoAttack's steps 0 = the reference's iterations)."""
+        specs = [("train_attack", self.train_attack_spec()), ("monitor_attack", self.monitor_attack_spec()),
+                 *((f"eval_attacks[{i}]", s) for i, s in enumerate(self.eval_attack_specs()))]
+        for where, spec in specs:
+            meta = attack_metadata(spec.kind)
+            takes = meta["takes"]
+            if "steps" in takes and not (spec.steps >= 1 or (meta["parameter_free"] and spec.steps == 0)):
+                raise UsageError(f"{where} ({spec.kind}): steps must be >= 1; got {spec.steps}")
+            if "step_size" in takes and not (math.isfinite(spec.step_size) and spec.step_size > 0) \
+                    and not (spec.eps == 0 and spec.step_size == 0):  # ε = 0 (clean training): step ε/4 = 0
+                raise UsageError(f"{where} ({spec.kind}): step_size must be a finite number > 0; got {spec.step_size}")
+            if "start" in takes and spec.start not in STARTS:
+                raise UsageError(f"{where} ({spec.kind}): unknown start {spec.start!r}; choose one of "
+                                 f"{', '.join(STARTS)}{did_you_mean(str(spec.start), STARTS)}")
 
     def _check_registered(self) -> None:
         """Every name this config picks is registered: "unknown X 'nope'; known Xs: …" from the registry otherwise."""
-        get_dataset(self.dataset), get_model(self.model), get_method(self.method_name)
+        get_dataset(self.dataset), get_model(self.model)
+        method_cls = get_method(self.method_name)
+        unknown = sorted(set(self.method_args) - set(method_cls.defaults))
+        if unknown:
+            raise UsageError(f"method {self.method_name}: unknown hyperparameter(s) {', '.join(map(str, unknown))} "
+                             f"(known: {', '.join(sorted(method_cls.defaults)) or 'none'})"
+                             f"{did_you_mean(str(unknown[0]), method_cls.defaults)}")
         for attack in [self.train_attack, self.monitor_attack, *self.eval_attacks]:
             kind = attack.get("kind", "pgd") if isinstance(attack, dict) else None
             if isinstance(kind, str) and kind not in RENAMED_KINDS:  # a renamed kind: AttackSpec says what it became
@@ -234,11 +294,57 @@ class Config:
             device=cfg.device, speed={k: resolved[k] for k in ("channels_last", "cudnn_benchmark", "torch_compile", "amp")})
 
 
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'x'?" for the closest of ``known``, or ""."""
+    close = difflib.get_close_matches(name, sorted(map(str, known)), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device_name(name: Any) -> str:
+    """``auto`` or a torch device name (cpu, cuda, cuda:1, mps): a one-line UsageError otherwise."""
+    import torch
+
+    if name == "auto":
+        return name
+    try:
+        device = torch.device(str(name))
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise UsageError(f"device {name!r} is not a device name: give auto, cpu, cuda or cuda:<index>"
+                         f"{did_you_mean(str(name), ('auto', *DEVICE_TYPES))}")
+    return str(name)
+
+
+def check_device_present(name: Any) -> str:
+    """A device name that exists on this machine (``auto`` always does): a one-line UsageError otherwise."""
+    import torch
+
+    check_device_name(name)
+    if name == "auto":
+        return name
+    device = torch.device(str(name))
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"device {name!r}: no CUDA device is available here (give --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"device {name!r}: only {count} CUDA device(s) here (cuda:0 .. cuda:{count - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"device {name!r}: no MPS device is available here")
+    return str(name)
+
+
 FIELD_TYPES = {
     "imbalance_ratio": float, "subset_seed": int, "seed": int, "epochs": int, "batch_size": int, "lr": float,
     "momentum": float, "weight_decay": float, "lr_gamma": float, "eval_batch_size": int, "eval_per_class": int,
     "monitor_per_class": int, "monitor_every": int, "val_fraction": float, "download": bool, "drop_last": bool, "milestones": list, "model_args": dict,
     "method_args": dict, "train_attack": dict, "monitor_attack": dict, "eval_attacks": list, "torch_compile": bool,
+    "dataset": str, "model": str, "method": str, "test_split": str, "augment": str, "selection": str,
+    "schedule_unit": str, "device": str, "amp": str,
 }
 OPTIONAL_FIELDS = {"eval_per_class"}
 CONFIG_FIELDS = {f.name for f in fields(Config)}
@@ -265,7 +371,11 @@ def load_profile(name_or_path: str) -> dict:
         known = ", ".join(sorted(p.stem for p in PROFILE_DIR.glob("*.yaml")))
         raise UsageError(f"profile {name_or_path!r} not found (known profiles: {known}, or give a path to a .yaml file)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise UsageError(f"profile {path} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise UsageError(f"profile {path} cannot be read: {err.strerror or err}") from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -274,7 +384,9 @@ def load_profile(name_or_path: str) -> dict:
         raise UsageError(f"profile {path} must be a mapping of settings, got {type(data).__name__}")
     unknown = set(data) - CONFIG_FIELDS - set(GRID_FIELDS) - {"description"}
     if unknown:
-        raise UsageError(f"profile {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+        first = sorted(map(str, unknown))[0]
+        raise UsageError(f"profile {path}: unknown setting(s) {', '.join(sorted(map(str, unknown)))}"
+                         f"{did_you_mean(first, CONFIG_FIELDS | set(GRID_FIELDS))}")
     return data
 
 
@@ -282,6 +394,10 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
     """One validated Config per (method, imbalance ratio, seed), in that nesting order."""
     settings = merge(profile, {k: v for k, v in (overrides or {}).items() if v is not None})
     settings.pop("description", None)
+    unknown = sorted(map(repr, set(settings) - CONFIG_FIELDS - set(GRID_FIELDS)))
+    if unknown:
+        first = next(k for k in settings if repr(k) == unknown[0])
+        raise UsageError(f"unknown setting(s) {', '.join(unknown)}{did_you_mean(str(first), CONFIG_FIELDS | set(GRID_FIELDS))}")
     axes = {}
     for grid_name, field_name in GRID_FIELDS.items():
         values = settings.pop(grid_name, None)
