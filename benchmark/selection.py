@@ -23,7 +23,7 @@ import torch
 
 from attacks import AttackSpec
 from .evaluate import predict
-from .atomic import save_torch_atomic
+from .atomic import load_torch_plain, save_torch_atomic
 
 BEST = "best.pt"
 LABELS = {"final": "final epoch", "val_best": "validation-selected", "test_best": "test-selected"}
@@ -80,7 +80,7 @@ class Selector:
         """Load the selected epoch's weights (and method state) into the model before evaluation."""
         if self.rule == "final" or self.best_epoch is None:
             return
-        state = torch.load(self.best_path, map_location=device, weights_only=False)
+        state = load_torch_plain(self.best_path, map_location=device)  # plain tensors only: never runs code
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
 

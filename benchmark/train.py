@@ -3,7 +3,8 @@
 Per step the method computes its own loss (including any attack); the loop only steps the
 optimizer. Loss sums stay on the device until the epoch ends, so the hot loop never syncs with the
 host. At each epoch end a checkpoint (model, optimizer, scheduler, method state, RNG states) is
-written atomically, then one line of ``log.jsonl``; a restarted run resumes from the checkpoint.
+written atomically, then one line of ``log.jsonl``; a restarted run resumes from the checkpoint, which
+holds only tensors and builtins and is loaded with ``weights_only=True``.
 
 The loop receives the cell's resolved ``Plan`` (benchmark/plan.py) and the model-selection rule the
 runner built from it; it reads the plan and never calls back into the configuration.
@@ -29,12 +30,17 @@ from .metrics import per_class_recall
 from .plan import Plan
 from .selection import Selector
 from .fastpath import autocast, prepare_model
-from .atomic import save_torch_atomic
+from .atomic import load_torch_plain, save_torch_atomic
 from .cell import CHECKPOINT_FILE, LOG_FILE
 
 
 def _rng_state(generator: torch.Generator) -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """Every RNG the loop may draw from, as tensors and builtins (checkpoints load with weights_only=True)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)}
+    version, internal, gauss_next = random.getstate()
+    state = {"python": [version, list(internal), gauss_next], "numpy": numpy_state, "torch": torch.get_rng_state(),
              "generator": generator.get_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -42,12 +48,15 @@ def _rng_state(generator: torch.Generator) -> dict:
 
 
 def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["name"], numpy_state["keys"].cpu().numpy().astype(np.uint32),
+                         numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())  # RNG states are CPU byte tensors, whatever map_location moved
+    generator.set_state(state["generator"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, ctx: TrainContext,
@@ -111,7 +120,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     start_epoch, seconds = 0, 0.0
     checkpoint_path, log_path = cell_dir / CHECKPOINT_FILE, cell_dir / LOG_FILE
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        state = load_torch_plain(checkpoint_path, map_location=device)  # refuses anything but plain tensors
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

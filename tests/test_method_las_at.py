@@ -348,7 +348,7 @@ def test_state_dict_round_trip_restores_policy_and_optimizer_so_next_actions_and
     buffer.seek(0)
     restored = create_method("las_at", policy_interval=2, **SMALL_POLICY)
     rng = torch.get_rng_state()
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored.load_state_dict(torch.load(buffer, weights_only=True))  # as checkpoints load: plain tensors only
     assert torch.equal(torch.get_rng_state(), rng)  # rebuilding P does not move the run's RNG
     assert restored.updates == method.updates == 1 and restored.extra_parameters == method.extra_parameters
     assert restored.policy_optimizer.state_dict() == method.policy_optimizer.state_dict()

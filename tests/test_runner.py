@@ -157,7 +157,7 @@ def test_log_jsonl_has_one_monitoring_line_per_epoch(finished_run):
 
 
 def test_checkpoint_holds_the_last_epoch(finished_run):
-    state = torch.load(finished_run.cell / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(finished_run.cell / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 1
     assert state["step"] == 2 * STEPS_PER_EPOCH
 
@@ -241,15 +241,15 @@ def test_interrupted_run_resumes_from_checkpoint_and_matches_uninterrupted_run(f
 
     assert cell_status(cell) == "resumable"
     assert [entry["epoch"] for entry in _read_log(cell)] == [0]
-    assert torch.load(cell / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == 0
+    assert torch.load(cell / "checkpoint.pt", map_location="cpu", weights_only=True)["epoch"] == 0
 
     metrics = run_cell(cfg, tmp_path, progress=False)
     assert metrics["cost"]["resumed_from_epoch"] == 1
     assert metrics["cost"]["steps"] == 2 * STEPS_PER_EPOCH
     assert [entry["epoch"] for entry in _read_log(cell)] == [0, 1]
 
-    resumed = torch.load(cell / "checkpoint.pt", map_location="cpu", weights_only=False)
-    straight = torch.load(finished_run.cell / "checkpoint.pt", map_location="cpu", weights_only=False)
+    resumed = torch.load(cell / "checkpoint.pt", map_location="cpu", weights_only=True)
+    straight = torch.load(finished_run.cell / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert resumed["epoch"] == straight["epoch"] == 1
     assert resumed["model"].keys() == straight["model"].keys()
     unequal = [name for name in straight["model"] if not torch.equal(resumed["model"][name], straight["model"][name])]

@@ -51,6 +51,7 @@ from benchmark.data.transforms import augment
 from benchmark.evaluate import InferenceModel, predict
 from benchmark.fastpath import autocast, prepare_model, resolve_speed
 from benchmark.models import create_model
+from benchmark.atomic import load_torch_plain
 from benchmark.train import train_step
 
 CIFAR10_LT_IR10_TRAIN = 20_431  # training images of CIFAR-10-LT at IR 10 (5000 · 10^(-c/9), floored, summed)
@@ -322,7 +323,7 @@ def load_cell_model(cell_dir: Path, device, data_root: str | None = None):
     from benchmark.config import Config
     from benchmark.data.prepare import prepare_cell_data
 
-    state = torch.load(Path(cell_dir) / "checkpoint.pt", map_location=device, weights_only=False)
+    state = load_torch_plain(Path(cell_dir) / "checkpoint.pt", map_location=device)  # plain tensors only
     cfg = Config(**state["config"])
     if data_root is not None:
         cfg.data_root = data_root
