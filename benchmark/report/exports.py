@@ -34,9 +34,31 @@ def to_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame(data, columns=list(data))
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A string a spreadsheet would run as a formula (leading ``=``, ``+``, ``-``, ``@``, tab or CR) gets a
+    leading ``'``, so it opens as text; numbers, and strings that are just a number such as ``-0.25``,
+    stay as they are. Names in a table come from results folders, which anyone may have written."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_STARTS):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return "'" + value
+
+
 def to_csv(table: Table) -> str:
+    """The table as CSV, formulas neutralized (``csv_safe``) in headers and text cells; numbers untouched."""
+    frame = to_frame(table)
+    frame.columns = [csv_safe(c) for c in frame.columns]
+    for j in range(frame.shape[1]):
+        if not pd.api.types.is_numeric_dtype(frame.dtypes.iloc[j]):  # text (object or string dtype)
+            frame.iloc[:, j] = frame.iloc[:, j].map(csv_safe)
     buffer = io.StringIO()
-    to_frame(table).to_csv(buffer, index=False, lineterminator="\n")
+    frame.to_csv(buffer, index=False, lineterminator="\n")
     return buffer.getvalue()
 
 

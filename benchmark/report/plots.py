@@ -20,8 +20,11 @@ from ..store import CLEAN, WORST_CASE  # noqa: E402
 from .tables import attack_label  # noqa: E402
 
 DPI = 100
+# Names come from results folders: "$a$ vs $b$" must print as written, never as mathtext (which could
+# crash the report on a bad expression) or through LaTeX, so math parsing is off in every figure.
 STYLE = {"axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
-         "font.size": 9, "legend.fontsize": 8, "legend.frameon": False}
+         "font.size": 9, "legend.fontsize": 8, "legend.frameon": False,
+         "text.usetex": False, "text.parse_math": False}
 
 
 def method_colors(labels) -> dict[str, str]:
