@@ -206,17 +206,22 @@ def write_record(cell_dir: Path, record: CellRecord) -> Path:
     return path
 
 
+UNREADABLE = "unreadable (permission denied)"  # why a cell this user may not read is skipped
+
+
 def read_record(path: Path) -> CellRecord:
     """A cell's record from its ``metrics.json`` (or the cell folder); :class:`BadCell` with the reason
     when it is missing, unreadable or not a complete record of this schema."""
     path = Path(path)
-    if path.is_dir():
-        path = path / METRICS_FILE
-    if not path.exists():
-        unfinished = (path.parent / CHECKPOINT_FILE).exists()
-        raise BadCell(f"no {METRICS_FILE}" + (" (unfinished: a checkpoint is there)" if unfinished else ""))
     try:
+        if path.is_dir():
+            path = path / METRICS_FILE
+        if not path.exists():
+            unfinished = (path.parent / CHECKPOINT_FILE).exists()
+            raise BadCell(f"no {METRICS_FILE}" + (" (unfinished: a checkpoint is there)" if unfinished else ""))
         raw = json.loads(path.read_text())
+    except PermissionError:  # another user's cell in a shared folder, written 0600 or in a closed folder
+        raise BadCell(UNREADABLE) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadCell(f"unreadable {METRICS_FILE}: {err}") from None
     return CellRecord.from_json(raw)

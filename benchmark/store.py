@@ -9,8 +9,8 @@ read separately and must agree with them; see below).
 directly under ``root`` and returns a :class:`ResultStore`: the tables below, each cell's typed
 :class:`~benchmark.cell.CellRecord` (``store.record(key)``) and accessors the report uses instead of raw JSON.
 A folder that cannot be used (no ``metrics.json`` yet, ``status`` other
-than ``complete``, unreadable JSON, another ``schema_version``, a missing or malformed field) is listed in
-``ResultStore.skipped`` as ``(path, reason)``, never raised.
+than ``complete``, unreadable JSON, another ``schema_version``, a missing or malformed field, a file this
+user may not read: ``UNREADABLE``) is listed in ``ResultStore.skipped`` as ``(path, reason)``, never raised.
 
 Schema (``STORE_SCHEMA_VERSION`` = 1). Recalls and accuracies are fractions in [0, 1].
 
@@ -67,7 +67,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from .cell import LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, SCHEMA_VERSION, BadCell, CellRecord, read_record, setting_of
+from .cell import (LOG_FILE, METRICS_FILE, PREDICTIONS_FILE, SCHEMA_VERSION, UNREADABLE, BadCell, CellRecord,
+                   read_record, setting_of)
 from .metrics import WORST_CASE, WORST_CASE_ALL_EXAMPLES, class_groups
 
 STORE_SCHEMA_VERSION = SCHEMA_VERSION  # one version: the cell record's (benchmark.cell)
@@ -143,6 +144,13 @@ class ResultStore:
         return self._outcomes[cell_key]
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # inside a folder this user may not enter
+        return False
+
+
 def load_results(root: str | Path) -> ResultStore:
     """Every usable cell under ``root``; unusable ones go to ``skipped`` with the reason."""
     root = Path(root)
@@ -156,7 +164,7 @@ def load_results(root: str | Path) -> ResultStore:
             info = cell_info(cell_dir.name, record)
             classes, attacks = _explode(info, record)
         except BadCell as err:
-            store.skipped.append(Skipped(path if path.exists() else cell_dir, str(err)))
+            store.skipped.append(Skipped(path if _exists(path) else cell_dir, str(err)))
             continue
         class_rows += classes
         attack_rows += attacks
@@ -343,4 +351,5 @@ def _attack_support(m: dict, support: list[int]) -> list[int]:
 
 __all__ = ["STORE_SCHEMA_VERSION", "BadCell", "CellRecord", "ResultStore", "Skipped", "Outcomes", "read_outcomes", "PREDICTIONS_FILE",
            "load_results", "cells_frame", "read_log", "cell_info",
-           "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN"]
+           "class_group_of", "tail_classes", "eps_label", "WORST_CASE", "WORST_CASE_ALL_EXAMPLES", "CLEAN",
+           "UNREADABLE"]

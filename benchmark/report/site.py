@@ -18,7 +18,7 @@ import jinja2
 import yaml
 
 from ..errors import UsageError
-from ..store import STORE_SCHEMA_VERSION, CellRecord, ResultStore, load_results
+from ..store import STORE_SCHEMA_VERSION, UNREADABLE, CellRecord, ResultStore, load_results
 from . import plots
 from .exports import write_exports
 from .tables import (Group, Table, attack_label, attack_labels, attack_specs, attacks_in, cascade_table,
@@ -39,6 +39,10 @@ def build_report(results: str | Path, out: str | Path, attack: str | None = None
         raise UsageError(f"results folder {results} does not exist or is not a folder")
     _check_replaceable(out)
     store = load_results(results)
+    unreadable = [path for path, reason in store.skipped if reason == UNREADABLE]
+    if store.empty and unreadable:  # not an empty page with exit 0: the cells are there, this user cannot read them
+        raise UsageError(f"no readable cell under {results}: {len(unreadable)} of {len(store.skipped)} folders are "
+                         f"{UNREADABLE} (first: {unreadable[0]}); ask their owner to make them group-readable")
     if attack is not None and not store.empty and attack not in set(store.cells["attack"]):
         known = ", ".join(attacks_in(store.cells))
         raise UsageError(f"attack {attack!r} is in no cell under {results}; evaluated attacks: {known}")
