@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,12 @@ def load_torch_plain(path: Path, map_location=None) -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        lines = [line.strip() for line in str(err).splitlines() if "WeightsUnpickler error" in line]
-        reason = lines[0].split("WeightsUnpickler error:", 1)[-1].strip() if lines else type(err).__name__
-        raise UnsafeFile(f"refusing to load {path}: it is not a plain-tensor checkpoint (possibly unsafe; "
+        text = str(err)
+        wants = re.search(r"GLOBAL (\S+)", text)  # torch names the class or function the pickle asks for
+        lines = [line.split("WeightsUnpickler error:", 1)[-1].strip() for line in text.splitlines()
+                 if "WeightsUnpickler error" in line]
+        reason = f"it asks for {wants.group(1)}" if wants else lines[0] if lines else type(err).__name__
+        raise UnsafeFile(f"refusing to load {path}: it is not a plain-tensor checkpoint (possibly unsafe: "
                          f"{reason})") from None
 
 
