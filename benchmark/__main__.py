@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast for the model on CUDA")
     p.add_argument("--results", default="results", help="results folder (default: results)")
     p.add_argument("--force", action="store_true", help="re-run finished cells (old results are moved aside)")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again (their files are moved "
+                   "aside); without it a failed cell is skipped and reported")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -48,17 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the retry hint
+    from .runner import DataFault
+
     try:
         return _run(args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DataFault as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # unwritable or full results folder, a file vanished: name it and the cause
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+        return 1
 
 
 def _run(args) -> int:
     from methods import describe_methods
     from .config import check_device_present, expand_grid, load_profile
-    from .executors import make_executor, resolve_device, run_grid
+    from .console import format_failed_summary
+    from .executors import is_failed, make_executor, resolve_device, run_grid
+    from .runner import check_grid_data
     from .cell import cell_status
 
     if args.list_methods:
@@ -81,9 +95,21 @@ def _run(args) -> int:
     for name in sorted({cfg.device for cfg in cells} if not args.devices else set(make_executor(args.devices).devices)):
         check_device_present(name)  # before any folder exists: `--device cuda` without a GPU is one line
     check_results_folder(Path(args.results))
-    run_grid([cfg.resolve(device) for cfg in cells], Path(args.results), force=args.force,
-             progress=not args.no_progress, quiet=args.quiet, devices=args.devices)
+    plans = [cfg.resolve(device) for cfg in cells]
+    check_grid_data(plans, Path(args.results), retry_failed=args.retry_failed, force=args.force)
+    out = run_grid(plans, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
+                   devices=args.devices, retry_failed=args.retry_failed)
+    failed = [m for m in out if is_failed(m)]
+    if failed:
+        retry = " ".join(["python -m benchmark", *(argv_of(args)), "--retry-failed"])
+        print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def argv_of(args) -> list[str]:
+    """The command line that ran (for the retry hint), without --retry-failed and --force."""
+    return [a for a in args.argv if a not in ("--retry-failed", "--force")]
 
 
 def check_results_folder(results: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -40,21 +41,84 @@ LOCATION_FIELDS = ("data_root", "download", "device")
 AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
                      "select_from")
 
-Status = Literal["done", "resumable", "new"]
+Status = Literal["done", "failed", "resumable", "new"]
 
 
 class BadCell(ValueError):
     """A metrics.json that is missing, unreadable, or not a complete record of the schema read here."""
 
 
+def non_finite_path(value: Any, where: str = "") -> str | None:
+    """The path of the first non-finite number in a JSON value (None: every number is finite or None)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite_path(item, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def record_problem(cell_dir: Path) -> str | None:
+    """Why the cell's ``metrics.json`` is not a finished record (None: it is one): it must parse, carry the
+    current schema, status ``complete`` and the folder's own key, and its evaluation numbers must be finite."""
+    cell_dir = Path(cell_dir)
+    try:
+        raw = json.loads((cell_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        record = CellRecord.from_json(raw)
+    except FileNotFoundError:
+        return f"no {METRICS_FILE}"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"unreadable {METRICS_FILE}: {err}"
+    except BadCell as err:
+        return str(err)
+    if record.cell_key != cell_dir.name:
+        return f"{METRICS_FILE} is the record of cell {record.cell_key!r}, not of {cell_dir.name!r}"
+    bad = non_finite_path(record.evaluation, "evaluation")
+    return f"{METRICS_FILE} holds a non-finite number at {bad}" if bad else None
+
+
+def read_failure(cell_dir: Path) -> dict | None:
+    """The ``failure`` block (stage, epoch, step, cause) of a cell whose record says ``failed``; else None."""
+    try:
+        raw = json.loads((Path(cell_dir) / METRICS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if isinstance(raw, dict) and raw.get("status") == "failed" and isinstance(raw.get("failure"), dict):
+        return raw["failure"]
+    return None
+
+
 def cell_status(cell_dir: Path) -> Status:
-    """``done`` (its record is written), ``resumable`` (a checkpoint, no record yet) or ``new``."""
+    """``done`` (a finished record: :func:`record_problem` finds none), ``failed`` (its record says so, with
+    the cause), ``resumable`` (a checkpoint, no finished record) or ``new``."""
     cell_dir = Path(cell_dir)
     if (cell_dir / METRICS_FILE).exists():
-        return "done"
+        if record_problem(cell_dir) is None:
+            return "done"
+        if read_failure(cell_dir) is not None:
+            return "failed"
     if (cell_dir / CHECKPOINT_FILE).exists():
         return "resumable"
     return "new"
+
+
+def write_failure(cell_dir: Path, *, stage: str, cause: str, epoch: int | None = None, step: int | None = None,
+                  config: dict | None = None, finished_at: str = "") -> Path:
+    """Write ``metrics.json`` as a ``failed`` record (never counted as done): the stage (training,
+    evaluation, record), epoch, step and cause, and the config that ran."""
+    path = Path(cell_dir) / METRICS_FILE
+    write_json_atomic(path, {"schema_version": SCHEMA_VERSION, "cell_key": Path(cell_dir).name, "status": "failed",
+                             "finished_at": finished_at,
+                             "failure": {"stage": stage, "epoch": epoch, "step": step, "cause": cause},
+                             "config": config or {}})
+    return path
 
 
 def _identity(resolved: dict, drop: tuple[str, ...] = ()) -> dict:
@@ -143,6 +207,10 @@ class CellRecord:
             raise BadCell("metrics.json is not a JSON object")
         if raw.get("schema_version") != SCHEMA_VERSION:
             raise BadCell(f"schema_version {raw.get('schema_version')!r} (this report reads {SCHEMA_VERSION})")
+        if raw.get("status") == "failed" and isinstance(raw.get("failure"), dict):
+            f = raw["failure"]
+            where = ", ".join(f"{k} {f[k]}" for k in ("epoch", "step") if f.get(k) is not None)
+            raise BadCell(f"failed in {f.get('stage')}" + (f" ({where})" if where else "") + f": {f.get('cause')}")
         if raw.get("status") != "complete":
             raise BadCell(f"status {raw.get('status')!r}, not 'complete'")
         for name, kind in _REQUIRED.items():

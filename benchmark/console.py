@@ -57,3 +57,19 @@ def format_grid_summary(all_metrics: list[dict]) -> str:
             cells.append(f"{f'{np.mean(values):.1f} ± {std:.1f} (n={len(values)})':>20}")
         lines.append(f"{method:<14}" + "".join(cells))
     return "\n".join(lines)
+
+
+def format_failed_cell(record: dict) -> str:
+    """One line for a ``failed`` cell: its key, stage, epoch and step, and cause."""
+    f = record.get("failure") or {}
+    where = ", ".join(f"{k} {f[k]}" for k in ("epoch", "step") if f.get(k) is not None)
+    return (f"FAILED {record.get('cell_key', '?')}: {f.get('stage', '?')}" + (f" ({where})" if where else "")
+            + f": {f.get('cause', 'no cause recorded')}")
+
+
+def format_failed_summary(records: list[dict], retry_command: str = "python -m benchmark ... --retry-failed") -> str:
+    """The end of a grid with failed cells: one line each and how to run them again."""
+    lines = [f"{len(records)} cell(s) failed:"] + [f"  {format_failed_cell(r)}" for r in records]
+    lines.append(f"fix the cause, then run them again with: {retry_command} (a failed cell is never retried "
+                 "without it)")
+    return "\n".join(lines)

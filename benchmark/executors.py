@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .console import format_cell_table, format_grid_summary
+from .console import format_cell_table, format_failed_cell, format_grid_summary
 from .errors import UsageError
 from .plan import Plan
 from .cell import cell_status
@@ -68,35 +68,42 @@ class GridProgress:
         return f"[{index}/{len(self.cells)} | {len(self.done)} done | {tail}] {verb}{where}: {cfg.key}"
 
 
-def _verb(status: str, force: bool) -> str:
+def _verb(status: str, force: bool, retry_failed: bool = False) -> str:
     if force and status != "new":
         return "re-run (--force)"
+    if status == "failed":
+        return "retry (--retry-failed)" if retry_failed else "skip (failed; --retry-failed runs it again)"
     return {"done": "skip (finished)", "resumable": "resume", "new": "run"}[status]
+
+
+def is_failed(metrics: dict) -> bool:
+    """A cell's result is its ``failed`` record (benchmark.cell.write_failure), not metrics."""
+    return metrics.get("status") == "failed"
 
 
 class LocalExecutor:
     """Cells one after another in this process (the default)."""
 
     def run(self, cells: list[Plan], results_dir: Path, force: bool, progress: bool,
-            report: Report) -> list[dict]:
+            report: Report, retry_failed: bool = False) -> list[dict]:
         tracker, out = GridProgress(cells, results_dir), []
         for i, cfg in enumerate(cells, 1):
             status = cell_status(Path(results_dir) / cfg.key)
-            print(tracker.line(i, _verb(status, force), cfg), flush=True)
-            metrics = run_cell(cfg, results_dir, force=force, progress=progress)
+            print(tracker.line(i, _verb(status, force, retry_failed), cfg), flush=True)
+            metrics = run_cell(cfg, results_dir, force=force, progress=progress, retry_failed=retry_failed)
             tracker.finished(cfg, metrics, ran=force or status != "done")
             report(metrics)
             out.append(metrics)
         return out
 
 
-def _run_on_device(plan: Plan, device: str, results_dir: str, force: bool) -> dict:
+def _run_on_device(plan: Plan, device: str, results_dir: str, force: bool, retry_failed: bool = False) -> dict:
     """Worker process: one cell on one device, no progress bars (several workers share a terminal)."""
     import torch
 
     if device == "cpu":
         torch.set_num_threads(1)
-    return run_cell(plan.at(device), Path(results_dir), force=force, progress=False)
+    return run_cell(plan.at(device), Path(results_dir), force=force, progress=False, retry_failed=retry_failed)
 
 
 class DeviceExecutor:
@@ -114,7 +121,7 @@ class DeviceExecutor:
                              "per device type and are part of the cell key, so give one type")
 
     def run(self, cells: list[Plan], results_dir: Path, force: bool, progress: bool,
-            report: Report) -> list[dict]:
+            report: Report, retry_failed: bool = False) -> list[dict]:
         # plans resolved for this device type (``resolve_device``): a worker moves one to its own device
         cells = [cfg.at(self.devices[0]) for cfg in cells]
         tracker = GridProgress(cells, results_dir, workers=len(self.devices))
@@ -129,14 +136,14 @@ class DeviceExecutor:
                     i, cfg = queue.pop(0)
                     status = cell_status(Path(results_dir) / cfg.key)
                     device = free.pop(0)
-                    print(tracker.line(i, _verb(status, force), cfg, f" on {device}"), flush=True)
-                    future = pool.submit(_run_on_device, cfg, device, str(results_dir), force)
+                    print(tracker.line(i, _verb(status, force, retry_failed), cfg, f" on {device}"), flush=True)
+                    future = pool.submit(_run_on_device, cfg, device, str(results_dir), force, retry_failed)
                     running[future] = (cfg, device, status)
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     cfg, device, status = running.pop(future)
                     free.append(device)
-                    metrics = future.result()  # a failed cell stops the grid with its own traceback
+                    metrics = future.result()  # a failed cell returns its failed record; a crash stops the grid
                     tracker.finished(cfg, metrics, ran=force or status != "done")
                     report(metrics)
                     results[cfg.key] = metrics
@@ -156,17 +163,21 @@ def resolve_device(devices: list[str] | None) -> str | None:
 
 
 def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress: bool = True,
-             quiet: bool = False, devices: list[str] | None = None) -> list[dict]:
+             quiet: bool = False, devices: list[str] | None = None, retry_failed: bool = False) -> list[dict]:
     """Run every cell's plan (skipping finished ones) with the local or per-device executor; print each
     cell's per-class table as it finishes (unless quiet), then the grid summary. Plans for ``devices``
     are resolved for ``resolve_device(devices)``."""
     unique = list({plan.key: plan for plan in cells}.values())  # the same cell twice would run twice at once
 
     def report(metrics: dict) -> None:
-        if not quiet:
+        if is_failed(metrics):
+            print(format_failed_cell(metrics), flush=True)
+        elif not quiet:
             print(format_cell_table(metrics), flush=True)
 
-    out = make_executor(devices).run(unique, Path(results_dir), force, progress and not quiet, report)
-    if len(out) > 1:
-        print(format_grid_summary(out), flush=True)
+    out = make_executor(devices).run(unique, Path(results_dir), force, progress and not quiet, report,
+                                     retry_failed=retry_failed)
+    finished = [m for m in out if not is_failed(m)]
+    if len(finished) > 1:
+        print(format_grid_summary(finished), flush=True)
     return out

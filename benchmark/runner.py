@@ -7,6 +7,7 @@ forced re-run moves the old files aside, never overwrites them); an unfinished o
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
 import shutil
 import sys
@@ -27,14 +28,20 @@ from .metrics import summarize_evaluation
 from .models import create_model
 from .plan import Plan
 from .atomic import save_npz_atomic, write_json_atomic, write_text_atomic
-from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, PREDICTIONS_FILE, SUPERSEDED_DIR, CellRecord,
-                   cell_status, read_record, write_record)
+from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, METRICS_FILE, PREDICTIONS_FILE, SUPERSEDED_DIR,
+                   CellRecord, cell_status, non_finite_path, read_record, record_problem, write_failure, write_record)
+from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
 from .selection import BEST, Selector
-from .train import train
+from .train import TrainingFailed, train
 
-def _set_aside(cell_dir: Path) -> Path:
-    """Move a cell's files into ``superseded/<time>/`` before a forced re-run (never overwrite results)."""
+
+class DataFault(RuntimeError):
+    """Data that is there but cannot be read (corrupt, truncated): a runtime fault, not bad input."""
+
+def _set_aside(cell_dir: Path, only: tuple[str, ...] | None = None) -> Path:
+    """Move a cell's files (or only those named) into ``superseded/<time>/`` before a forced re-run
+    (never overwrite results)."""
     stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
     target, n = cell_dir / SUPERSEDED_DIR / stamp, 1
     while target.exists():
@@ -42,9 +49,53 @@ def _set_aside(cell_dir: Path) -> Path:
         target = cell_dir / SUPERSEDED_DIR / f"{stamp}-{n}"
     target.mkdir(parents=True)
     for item in list(cell_dir.iterdir()):
-        if item.name != SUPERSEDED_DIR:
+        if item.name != SUPERSEDED_DIR and (only is None or item.name in only):
             shutil.move(str(item), target / item.name)
     return target
+
+
+def check_batch_fits(plan: Plan, data) -> None:
+    """1 <= batch size <= the training-set size (known only once the long-tailed subset is drawn)."""
+    n = len(data.y_train)
+    if plan.batch_size > n:
+        raise UsageError(f"batch_size {plan.batch_size} is larger than the training set of {plan.dataset} at IR "
+                         f"{plan.imbalance_ratio:g} ({n} examples): give batch_size <= {n}")
+
+
+def _data_identity(plan: Plan) -> tuple:
+    return (plan.dataset, plan.data_root, plan.imbalance_ratio, plan.subset_seed, plan.test_split, plan.selection,
+            plan.val_fraction)
+
+
+def load_checked_data(plan: Plan):
+    """The cell's data, with the batch size checked against it. Missing data is the dataset's own
+    UsageError (exit 2); data that is there but unreadable is a DataFault (exit 1) naming the cause."""
+    try:
+        data = prepare_cell_data(plan)
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except OSError as err:
+        raise DataFault(f"data of {plan.dataset}: {err.filename or plan.data_root or ''}: {err.strerror or err}") from None
+    except Exception as err:  # a corrupt file: pickle, numpy, PIL errors name what they read
+        raise DataFault(f"data of {plan.dataset} (root {plan.data_root}) is unreadable: "
+                        f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    check_batch_fits(plan, data)
+    return data
+
+
+def check_grid_data(plans: list[Plan], results_dir: Path, retry_failed: bool = False, force: bool = False) -> None:
+    """Before any cell folder is made: the data of every cell that will run loads and its training set holds
+    at least one batch (one load per distinct data setting)."""
+    seen = set()
+    for plan in plans:
+        status = cell_status(Path(results_dir) / plan.key)
+        if not force and (status == "done" or (status == "failed" and not retry_failed)):
+            continue
+        ident = _data_identity(plan)
+        if ident in seen:
+            continue
+        check_batch_fits(plan, load_checked_data(plan))
+        seen.add(ident)
 
 
 def outside_worst_case(specs: list, eps: float) -> tuple[str, ...]:
@@ -81,22 +132,57 @@ def make_selector(plan: Plan, data, cell_dir: Path) -> Selector:
     return Selector.final(plan.epochs, plan.eval_batch_size)
 
 
-def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True) -> dict:
+def attack_above_clean(y: np.ndarray, predictions: dict) -> str | None:
+    """Why an evaluation is wrong when an attack leaves more examples correct than clean inputs on the
+    examples it scored (-1: not scored); None when none does. No tolerance: an attack starts from (a point
+    near) the clean input and maximizes the loss, so more correct than clean means a broken attack."""
+    clean = np.asarray(predictions["clean"])
+    for name, pred in predictions.items():
+        pred = np.asarray(pred)
+        if name == "clean":
+            continue
+        scored = pred >= 0
+        robust, base = int(((pred == y) & scored).sum()), int(((clean == y) & scored).sum())
+        if robust > base:
+            return (f"attack {name} leaves {robust} of {int(scored.sum())} examples correct, more than clean "
+                    f"inputs ({base}): a broken attack (a negative step size?)")
+    return None
+
+
+def _fail(cell_dir: Path, plan: Plan, stage: str, cause: str, epoch: int | None, step: int | None) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    write_failure(cell_dir, stage=stage, cause=cause, epoch=epoch, step=step, config=plan.record(), finished_at=now)
+    print(f"FAILED {cell_dir.name}: {stage}" + (f" (epoch {epoch}, step {step})" if epoch is not None else "")
+          + f": {cause}", file=sys.stderr, flush=True)
+    return json.loads((cell_dir / METRICS_FILE).read_text())
+
+
+def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True, retry_failed: bool = False) -> dict:
     """Train (or resume) and evaluate one cell, a ``Plan`` or a ``Config`` (resolved here, once, for the
-    device it names); return its metrics (read back if already finished)."""
+    device it names); return its metrics (read back if already finished), or its ``failed`` record (status
+    "failed", with the stage, epoch, step and cause) when training or evaluation went wrong. A failed
+    cell runs again only with ``retry_failed`` (or ``force``)."""
     cfg = plan = cell if isinstance(cell, Plan) else cell.resolve()
     cell_dir = Path(results_dir) / plan.key
     status = cell_status(cell_dir)
     if status == "done" and not force:
         return read_record(cell_dir).to_json()
-    if force and status != "new":  # a forced run starts over, finished or not
+    if status == "failed" and not (force or retry_failed):
+        return json.loads((cell_dir / METRICS_FILE).read_text())
+    device = pick_device(plan.device)
+    data = load_checked_data(plan)  # before the folder is made: a batch larger than the training set is bad input
+    if (force or status == "failed") and status != "new":  # a forced run or a retry starts over
         moved = _set_aside(cell_dir)
-        print(f"--force: previous files of {cell_dir.name} moved to {moved}", file=sys.stderr)
+        print(f"{'--force' if force else '--retry-failed'}: previous files of {cell_dir.name} moved to {moved}",
+              file=sys.stderr)
+    elif (cell_dir / METRICS_FILE).exists():  # a record that is not a finished one: keep it aside, run again
+        problem = record_problem(cell_dir)
+        moved = _set_aside(cell_dir, only=(METRICS_FILE,))
+        print(f"warning: {cell_dir / METRICS_FILE}: {problem}; moved to {moved}, the cell runs again",
+              file=sys.stderr)
     cell_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(plan.record(), sort_keys=False))
 
-    device = pick_device(plan.device)
-    data = prepare_cell_data(plan)
     write_json_atomic(cell_dir / INDICES_FILE, {
         "train_indices": data.train_indices.tolist(),
         "test_indices": data.test_indices.tolist() if data.test_indices is not None else None,
@@ -105,7 +191,11 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
     seed_everything(plan.seed)
     method = create_method(plan.method, **plan.method_args)
     model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
-    cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir), progress=progress)
+    try:
+        cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir),
+                     progress=progress)
+    except TrainingFailed as err:
+        return _fail(cell_dir, plan, "training", err.cause, err.epoch, err.step)
 
     x_eval, y_eval, eval_idx = evaluation_subset(plan, data)
     started = time.perf_counter()
@@ -126,8 +216,14 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
     save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
                     eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
                     **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
+    broken = attack_above_clean(y_eval.numpy(), result["predictions"])
+    if broken:
+        return _fail(cell_dir, plan, "evaluation", broken, plan.epochs - 1, cost["steps"])
     summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts,
                                    outside_worst_case=outside_worst_case(attack_specs, plan.eps))
+    bad_number = non_finite_path(summary, "evaluation")
+    if bad_number:
+        return _fail(cell_dir, plan, "evaluation", f"non-finite number at {bad_number}", plan.epochs - 1, cost["steps"])
     record = CellRecord(
         cell_key=cell_dir.name,
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -59,6 +59,15 @@ def _set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+class TrainingFailed(RuntimeError):
+    """Training cannot give a correct model: a non-finite loss or parameter, or no optimizer step in an
+    epoch. The runner records the cell as ``failed`` with ``epoch``, ``step`` and ``cause``."""
+
+    def __init__(self, cause: str, epoch: int, step: int | None):
+        super().__init__(cause)
+        self.cause, self.epoch, self.step = cause, epoch, step
+
+
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, method: Method, ctx: TrainContext,
                xb: torch.Tensor, yb: torch.Tensor, autocast_context) -> LossOut:
     """One optimizer step on the method's loss (its attack included); no host synchronization.
@@ -144,6 +153,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
         correct = torch.zeros((), device=device, dtype=torch.long)
         stats_sum: dict[str, torch.Tensor] = {}
         seen = 0
+        first_bad_step = torch.full((), -1, device=device, dtype=torch.long)  # device-side: no sync per step
         batches = iterate_batches(x_train, y_train, plan.batch_size, shuffle=True, drop_last=plan.drop_last,
                                   generator=generator)
         for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{plan.epochs}", leave=False,
@@ -153,11 +163,14 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             if plan.schedule_unit == "iteration":
                 scheduler.step()
             loss_sum += out.loss.detach() * len(yb)
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(out.loss.detach()),
+                                         ctx.step - 1, first_bad_step)
             if out.logits is not None:
                 correct += (out.logits.argmax(1) == yb).sum()
             for name, value in out.stats.items():
                 stats_sum[name] = stats_sum.get(name, 0) + value * len(yb)
             seen += len(yb)
+        _check_epoch(epoch, seen, loss_sum, first_bad_step, model, ctx.step, plan.batch_size, len(x_train))
         lr = optimizer.param_groups[0]["lr"]
         if plan.schedule_unit == "epoch":
             scheduler.step()
@@ -196,6 +209,22 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
             "model_selection": selector.record(plan.epochs),
             "method_diagnostics": method.diagnostics() if hasattr(method, "diagnostics") else None}
+
+
+def _check_epoch(epoch: int, seen: int, loss_sum: torch.Tensor, first_bad_step: torch.Tensor,
+                 model: torch.nn.Module, step: int, batch_size: int, train_size: int) -> None:
+    """Once per epoch (one host sync): the epoch made optimizer steps, every loss was finite, and the
+    parameters still are (a non-finite gradient shows up there). TrainingFailed otherwise."""
+    if seen == 0:
+        raise TrainingFailed(f"zero optimizer steps in epoch {epoch}: batch size {batch_size} with "
+                             f"{train_size} training examples (drop_last)", epoch, step)
+    if not bool(torch.isfinite(loss_sum)):
+        bad = int(first_bad_step)
+        raise TrainingFailed(f"non-finite training loss at step {bad} (lower lr?)", epoch, bad if bad >= 0 else step)
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise TrainingFailed(f"non-finite model parameters after epoch {epoch} (a non-finite gradient; lower lr?)",
+                             epoch, step)
 
 
 def monitor(inference: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, num_classes: int,

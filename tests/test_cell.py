@@ -39,13 +39,15 @@ def test_bad_records_say_why(change, reason):
 
 
 def test_status_new_resumable_done(tmp_path):
-    assert cell_status(tmp_path) == "new"
-    (tmp_path / CHECKPOINT_FILE).write_bytes(b"\0")
-    assert cell_status(tmp_path) == "resumable"
+    cell = tmp_path / json.loads(OLDER[0].read_text())["cell_key"]  # a record is done only in its own folder
+    cell.mkdir()
+    assert cell_status(cell) == "new"
+    (cell / CHECKPOINT_FILE).write_bytes(b"\0")
+    assert cell_status(cell) == "resumable"
     with pytest.raises(BadCell, match="unfinished"):
-        read_record(tmp_path)
-    shutil.copy(OLDER[0], tmp_path / METRICS_FILE)
-    assert cell_status(tmp_path) == "done"
+        read_record(cell)
+    shutil.copy(OLDER[0], cell / METRICS_FILE)
+    assert cell_status(cell) == "done"
 
 
 def test_cell_key_is_configs_key_and_setting_ignores_only_the_training_seed():
