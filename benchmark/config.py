@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import inspect
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -238,7 +239,17 @@ class Config:
 
     def _check_registered(self) -> None:
         """Every name this config picks is registered: "unknown X 'nope'; known Xs: …" from the registry otherwise."""
-        get_dataset(self.dataset), get_model(self.model)
+        get_dataset(self.dataset)
+        factory = get_model(self.model)
+        try:  # the model's options, as create_model binds them (mean/std are create_model's own)
+            extra = {k: v for k, v in self.model_args.items() if k not in ("mean", "std")}
+            inspect.signature(factory).bind(10, in_channels=3, **extra)
+        except TypeError as err:
+            options = [p.name for p in inspect.signature(factory).parameters.values()
+                       if p.name not in ("num_classes", "in_channels") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            first = next(iter(set(extra) - set(options)), "")
+            raise UsageError(f"model_args for model {self.model!r}: {err}; it accepts: {', '.join(options) or 'no options'}"
+                             f"{did_you_mean(str(first), options) if first else ''}") from None
         method_cls = get_method(self.method_name)
         unknown = sorted(set(self.method_args) - set(method_cls.defaults))
         if unknown:

@@ -36,6 +36,7 @@ BAD_CONFIGS = [
     ("unknown train start", {"train_attack": {"kind": "pgd", "start": "gauss"}}, "unknown start"),
     ("unknown monitor start", {"monitor_attack": {"kind": "pgd", "start": "x"}}, "monitor_attack"),
     ("unknown method hyperparameter", {"methods": ["trades"], "method_args": {"trades": {"betaa": 6}}}, "did you mean 'beta'"),
+    ("unknown model argument", {"model_args": {"widht": 0.25}}, "did you mean 'width'"),
     ("unknown augment", {"augment": "flipp"}, "augment"),
     ("unknown test split", {"test_split": "lt"}, "test_split"),
     ("unknown selection", {"selection": "best"}, "selection"),
