@@ -160,3 +160,53 @@ def test_a_record_that_is_not_finished_is_not_done_and_is_set_aside(finished, tm
     code, _, err = _main("--profile", str(profile), "--results", str(results))
     assert code == 0 and f"warning: {cell / METRICS_FILE}" in err and cell_status(cell) == "done"
     assert list((cell / "superseded").rglob(METRICS_FILE))  # the bad record was kept aside, not overwritten
+
+
+# ---- runtime faults: one line naming the file and the cause, exit 1, finished cells untouched -------------
+
+def test_full_disk_is_one_line_exit_1_and_leaves_finished_cells_untouched(finished, tmp_path, monkeypatch):
+    import errno
+
+    profile, results = tmp_path / "p.yaml", tmp_path / "results"
+    profile.write_text(finished[0].read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    shutil.copytree(finished[1], results)
+    done_cell = next(results.iterdir())
+    before = {p.name: p.read_bytes() for p in done_cell.iterdir() if p.is_file()}
+
+    def full(path, **arrays):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(runner_module, "save_npz_atomic", full)
+    code, _, err = _main("--profile", str(profile), "--results", str(results))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "No space left on device" in lines[0] and "predictions.npz" in lines[0]
+    assert {p.name: p.read_bytes() for p in done_cell.iterdir() if p.is_file()} == before
+
+
+def test_corrupt_data_is_one_line_exit_1_before_any_folder(tmp_path, monkeypatch):
+    import zipfile
+
+    profile, results = tmp_path / "p.yaml", tmp_path / "results"
+    profile.write_text(ONE_EPOCH)
+
+    def corrupt(plan):
+        raise zipfile.BadZipFile("File is not a zip file")
+
+    monkeypatch.setattr(runner_module, "prepare_cell_data", corrupt)
+    code, _, err = _main("--profile", str(profile), "--results", str(results))
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "BadZipFile: File is not a zip file" in lines[0], err
+    assert not results.exists()
+
+
+def test_corrupt_dataset_file_is_one_line_naming_it(tmp_path):
+    """A disk dataset whose file is garbage: the loader's one line names the file (exit 2, nothing made)."""
+    root, results = tmp_path / "root", tmp_path / "results"
+    root.mkdir()
+    (root / "dermamnist.npz").write_bytes(b"garbage")
+    profile = tmp_path / "p.yaml"
+    profile.write_text("dataset: dermamnist\nmethods: [at]\nimbalance_ratios: [1]\nepochs: 1\nmodel: small_cnn\n")
+    code, _, err = _main("--profile", str(profile), "--data-root", str(root), "--results", str(results))
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "dermamnist.npz" in lines[0], err
+    assert not results.exists()
