@@ -448,3 +448,13 @@ def test_an_older_cells_autoattack_is_labelled_as_the_torchattacks_default_it_ra
     real = json.loads((DATA / "report_metrics_autoattack.json").read_text())
     spec = real["evaluation"]["attack_records"]["aa"]["spec"]
     assert spec["kind"] == "autoattack" and spec["steps"] == 0 and spec_label(spec) == old
+
+
+def test_an_attack_at_another_eps_than_its_cell_says_its_eps_in_the_label():
+    from benchmark.report.tables import record_labels
+
+    records = {"pgd20": {"label": "PGD-20", "spec": {"kind": "pgd", "eps": 0.031}},
+               "ta_pgd20_8_255": {"label": "PGD-20 (torchattacks)", "spec": {"kind": "torchattacks_pgd", "eps": 8 / 255}}}
+    labels = record_labels(records, cell_eps=0.031)
+    assert labels == {"pgd20": "PGD-20", "ta_pgd20_8_255": "PGD-20 (torchattacks) at ε 8/255"}
+    assert record_labels(records)["ta_pgd20_8_255"] == "PGD-20 (torchattacks)"  # cell ε unknown: as recorded
