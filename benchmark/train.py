@@ -185,8 +185,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
         if (epoch + 1) % plan.monitor_every == 0 or epoch == plan.epochs - 1:
             record.update(monitor(inference, x_monitor, y_monitor, monitor_attack, data.num_classes,
                                   plan.eval_batch_size, device))
-        if hasattr(method, "log_epoch"):  # the method's own per-epoch diagnostics (TAET: its clean stage's plateau)
-            record.update(method.log_epoch(record, ctx))
+        record.update(method.log_epoch(record, ctx))  # the method's own per-epoch diagnostics (TAET's plateau)
         score = selector.observe(epoch, inference, model, method, device)
         if score is not None:
             record["selection_score"] = score
@@ -208,7 +207,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     return {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
             "model_selection": selector.record(plan.epochs),
-            "method_diagnostics": method.diagnostics() if hasattr(method, "diagnostics") else None}
+            "method_diagnostics": method.diagnostics()}
 
 
 def _check_epoch(epoch: int, seen: int, loss_sum: torch.Tensor, first_bad_step: torch.Tensor,

@@ -90,6 +90,15 @@ class Method:
     def on_epoch_end(self, ctx: TrainContext) -> None:
         pass
 
+    def log_epoch(self, record: dict, ctx: TrainContext) -> dict:
+        """Extra fields for the epoch's ``log.jsonl`` line (TAET: whether its clean stage sits on the
+        head-class plateau); none by default."""
+        return {}
+
+    def diagnostics(self) -> dict | None:
+        """What the cell record keeps as ``method_diagnostics`` (TAET: its stage switch); None by default."""
+        return None
+
     def state_dict(self) -> dict:
         return {}
 
