@@ -27,6 +27,7 @@ import yaml
 
 from ..store import CLEAN, WORST_CASE, WORST_CASE_ALL_EXAMPLES, CellRecord, ResultStore, eps_label
 from . import significance as sig
+from .precision import column_decimals, fmt
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 REFERENCE_FILE = Path(__file__).with_name("taet_poster.yaml")
@@ -63,6 +64,8 @@ class Cell:
     badge_title: str = ""
     tag: str = ""  # a label shown beside the text (model selection other than the final epoch)
     export: dict[str, Any] = field(default_factory=dict)  # extra CSV columns "<column> <key>" (test name, n, ...)
+    support: float | None = None  # test examples behind a percentage: sets its printed precision (precision.py)
+    status: str = ""  # an audit check's result: "ok" (green), "warn" (amber) or "fail" (red)
 
 
 @dataclass
@@ -201,10 +204,25 @@ def describe_spec(spec: dict | None, label: str | None = None) -> str:
     return ", ".join(parts)
 
 
-def mark_best(values: list[float | None], digits: int = 2) -> list[str]:
-    """'best' / 'second' / '' per value (in the unit shown, percent), as the poster marks them: ties share a
-    mark, compared at the printed precision, second = the next distinct value below the best. Fewer than
-    two values: no marks."""
+def mark_best(values: list[float | None], digits: int = 2, min_rows: int = 3) -> list[str]:
+    """'best' (bold) / 'second' (underlined) / '' per value, compared at the printed precision ``digits``.
+    Only a real best and second best are marked: nothing when fewer than ``min_rows`` values are present
+    (with two, "second" only says "the other one"), nothing at all when the best is tied (all zeros is
+    no winner), and no second when the runner-up is tied."""
+    shown = [None if v is None or math.isnan(v) else round(v, digits) for v in values]
+    present = [v for v in shown if v is not None]
+    if len(present) < min_rows:
+        return [""] * len(values)
+    distinct = sorted(set(present), reverse=True)
+    if present.count(distinct[0]) > 1:
+        return [""] * len(values)
+    second = distinct[1] if len(distinct) > 1 and present.count(distinct[1]) == 1 else None
+    return ["best" if v == distinct[0] else "second" if v is not None and v == second else "" for v in shown]
+
+
+def mark_as_printed(values: list[float | None], digits: int = 2) -> list[str]:
+    """The TAET poster's own rule, to reproduce its table as printed: ties share a mark, second = the next
+    distinct value below the best; fewer than two values: no marks. Measured tables use ``mark_best``."""
     shown = [None if v is None or math.isnan(v) else round(v, digits) for v in values]
     distinct = sorted({v for v in shown if v is not None}, reverse=True)
     if sum(v is not None for v in shown) < 2:
@@ -214,13 +232,30 @@ def mark_best(values: list[float | None], digits: int = 2) -> list[str]:
     return ["best" if v == best else "second" if v is not None and v == second else "" for v in shown]
 
 
+def set_precision(body: list[list[Cell]], j: int) -> int:
+    """Print column ``j``'s percentages at the decimals their weakest-supported cell warrants (value and
+    ± std alike); return the decimals, which ``mark_best`` must compare at."""
+    cells = [row[j] for row in body if row[j].support is not None and isinstance(row[j].value, numbers.Real)]
+    digits = column_decimals(c.support for c in cells)
+    for c in cells:
+        c.text = fmt(c.value, digits) if c.std is None else f"{fmt(c.value, digits)} ± {fmt(c.std, digits)}"
+    return digits
+
+
+def mark_column(body: list[list[Cell]], j: int, digits: int) -> None:
+    values = [r[j].value if isinstance(r[j].value, numbers.Real) else None for r in body]
+    for r, mark in zip(body, mark_best(values, digits)):
+        r[j].mark = mark
+
+
 def _mean_std(values) -> tuple[float, float | None, int]:
     stats = sig.seed_stats(list(values))
     return stats.mean, stats.std, stats.n
 
 
-def _pct_cell(values, title: str = "") -> Cell:
-    """Mean ± sample std over seeds (percent), with the 95% t-interval over seeds on hover and in exports."""
+def _pct_cell(values, title: str = "", support=None) -> Cell:
+    """Mean ± sample std over seeds (percent), with the 95% t-interval over seeds on hover and in exports.
+    ``support``: the test examples behind each value (the fewest sets the printed precision)."""
     stats = sig.seed_stats(list(values))
     if not stats.n:
         return Cell(title=title or "not evaluated")
@@ -228,8 +263,10 @@ def _pct_cell(values, title: str = "") -> Cell:
     interval = None if stats.interval is None else (100 * stats.interval[0], 100 * stats.interval[1])
     hover = (f"mean ± std over n = {stats.n} seeds; 95% t-interval over seeds {interval[0]:.2f}–{interval[1]:.2f}"
              if interval else "one seed: no interval over seeds")
+    known = [float(n) for n in (support if support is not None else []) if pd.notna(n) and n]
     return Cell(text=text, value=100 * stats.mean, std=None if stats.std is None else 100 * stats.std,
-                interval=interval, title=f"{title}\n{hover}" if title else hover)
+                interval=interval, title=f"{title}\n{hover}" if title else hover,
+                support=min(known) if known else None)
 
 
 # ----------------------------------------------------------------------------- groups
@@ -410,18 +447,19 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                  tag=", ".join(selection)),
             Cell(row.model, row.model),
             Cell(str(len(row.cell_keys)), len(row.cell_keys), title=f"seeds {seeds}"),
-            _pct_cell(clean["accuracy"].tolist()),
-            _pct_cell(clean["balanced"].tolist()),
+            _pct_cell(clean["accuracy"].tolist(), support=clean["examples"].tolist()),
+            _pct_cell(clean["balanced"].tolist(), support=clean["examples"].tolist()),
         ]
-        cells_row += [_pct_cell(by[a]["balanced"].tolist()) if a in by else Cell(title="not evaluated")
-                      for a in attacks]
+        cells_row += [_pct_cell(by[a]["balanced"].tolist(), support=by[a]["examples"].tolist())
+                      if a in by else Cell(title="not evaluated") for a in attacks]
         cells_row += [_interval_cell(robust["balanced"].tolist()), _diff_cell(above), _p_cell(above),
                       _diff_cell(leader), _p_cell(leader)]
         worst_classes = [_class_name(store, k, c) for k, c in zip(robust["cell_key"], robust["worst_class"])]
         cells_row += [
             _pct_cell(robust["worst_class_recall"].tolist(),
-                      title=f"worst class per seed: {', '.join(worst_classes)}" if worst_classes else ""),
-            _pct_cell(robust["tail_mean"].tolist()),
+                      title=f"worst class per seed: {', '.join(worst_classes)}" if worst_classes else "",
+                      support=_class_support(store, robust, WORST_CASE, "min")),
+            _pct_cell(robust["tail_mean"].tolist(), support=_class_support(store, robust, WORST_CASE, "tail")),
             Cell(" / ".join(map(str, examples)) + "".join(f" ({attack_label(a, labels)} on {n})" for a, n in subsets)
                  if examples else "—", examples[0] if len(examples) == 1 else None,
                  title="test examples; an attack limited to a class-stratified subset is scored on it"
@@ -432,12 +470,31 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                  title="\n".join(flags)),
         ]
         body.append(cells_row)
+    for j, col in enumerate(columns):
+        if col.numeric and col.key not in ("rank", "band", "seeds", "examples", "hours") and \
+                not col.key.startswith("vs_"):
+            set_precision(body, j)
     notes = group_notes(store, group) + significance_notes(rows, tests)
     for row in rows:
         sub = cells[(cells["setting"] == row.setting)].drop_duplicates("cell_key")
         notes += [f"{row.label} (seed {seed}): audit flag: {flag}"
                   for seed, fl in zip(sub["seed"], sub["flags"]) for flag in fl]
     return Table(f"leaderboard-{group.slug}", group.title, columns, body, notes, sortable=True)
+
+
+def _class_support(store: ResultStore, attack_rows: pd.DataFrame, attack: str, which: str) -> list[float]:
+    """Test examples behind a per-class figure of each cell: its smallest class ("min", the worst class
+    could be any) or its tail classes together ("tail")."""
+    out = []
+    for key in attack_rows["cell_key"]:
+        frame = store.classes[(store.classes["cell_key"] == key) & (store.classes["attack"] == attack)]
+        if which == "tail":
+            tail = set(store.tail_classes(key))
+            frame = frame[frame["class_index"].isin(tail)]
+            out.append(float(frame["test_support"].sum()) if len(frame) else math.nan)
+        else:
+            out.append(float(frame["test_support"].min()) if len(frame) else math.nan)
+    return out
 
 
 def _class_name(store: ResultStore, cell_key: str, index) -> str:
@@ -610,13 +667,15 @@ def selected_classes(store: ResultStore, keys: list[str], tail_only: bool) -> li
 
 
 def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_only: bool,
-                    rows: list[Row] | None = None) -> Table:
+                    rows: list[Row] | None = None, classes: list[tuple[int, str]] | None = None,
+                    part: str = "") -> Table:
     """Poster style: classes as columns, grouped Clean | Attacked, best bold and second underlined per column.
-    Each cell is the mean recall over seeds; its hover shows the pooled counts and a 95% Wilson interval."""
+    Each cell is the mean recall over seeds; its hover shows the pooled counts and a 95% Wilson interval.
+    ``classes`` (index, name) overrides the columns, ``part`` ("head", "tail") names such a selection."""
     frame = group.select(store.classes)
     rows = rows if rows is not None else setting_rows(group.select(store.cells))
     keys = [k for r in rows for k in r.cell_keys]
-    classes = selected_classes(store, keys, tail_only)
+    classes = classes if classes is not None else selected_classes(store, keys, tail_only)
     parts = [(CLEAN, "Clean")] + ([(attack, f"Attacked ({attack_label(attack, attack_labels(store, keys))})")]
                                   if attack else [])
     columns = [Column("method", "Method", numeric=False), Column("model", "Model", numeric=False),
@@ -632,19 +691,19 @@ def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_o
                 line.append(_recall_cell(sub[(sub["attack"] == a) & (sub["class_index"] == c)], name))
         body.append(line)
     for j in range(3, len(columns)):
-        marks = mark_best([r[j].value for r in body])
-        for r, mark in zip(body, marks):
-            r[j].mark = mark
-    which = "tail classes (by training count)" if tail_only else "all classes"
-    notes = [f"Per-class recall (%) on {which}, mean over seeds; best in bold, second best underlined per column. "
-             "Hover a number for its counts and 95% Wilson interval."]
+        mark_column(body, j, set_precision(body, j))
+    which = f"{part} classes (by training count)" if part else \
+        "tail classes (by training count)" if tail_only else "all classes"
+    notes = [f"Per-class recall (%) on {which}, mean over seeds; with three or more rows, a clear best in bold "
+             "and a clear second best underlined per column (ties: no mark). Decimals follow each class's test "
+             "support (none below 1,000 examples). Hover a number for its counts and 95% Wilson interval."]
     if attack is None:
         notes.append("No attack was evaluated in this group: clean recall only.")
     elif not (frame["attack"] == attack).any():
         notes.append(f"Attack {attack!r} was not evaluated in this group.")
-    suffix = "-tail" if tail_only else ""
-    return Table(f"per-class-{group.slug}-{slugify(attack or 'clean')}{suffix}", f"Per-class recall · {group.title}",
-                 columns, body, notes)
+    suffix = f"-{part}" if part else "-tail" if tail_only else ""
+    title = f"Per-class recall{f' ({part} classes)' if part else ''} · {group.title}"
+    return Table(f"per-class-{group.slug}-{slugify(attack or 'clean')}{suffix}", title, columns, body, notes)
 
 
 def _recall_cell(sub: pd.DataFrame, class_name: str) -> Cell:
@@ -659,7 +718,9 @@ def _recall_cell(sub: pd.DataFrame, class_name: str) -> Cell:
     seeds = len(sub)
     title = (f"{class_name}: {correct}/{support} correct" + (f" over {seeds} seeds" if seeds > 1 else "")
              + f"; 95% Wilson interval {100 * low:.1f}–{100 * high:.1f}%")
-    return Cell(pct(mean), 100 * mean, interval=(100 * low, 100 * high), title=title)
+    per_seed = sub["test_support"].to_numpy(dtype=float)
+    return Cell(pct(mean), 100 * mean, interval=(100 * low, 100 * high), title=title,
+                support=float(per_seed[per_seed > 0].min()))
 
 
 # ----------------------------------------------------------------------------- the paper's numbers
@@ -669,7 +730,8 @@ def load_reference(path: Path = REFERENCE_FILE) -> dict:
 
 
 def reference_table(reference: dict) -> Table:
-    """The poster's table as printed, marked by the same rule as ours (a test checks it matches the poster)."""
+    """The poster's table as printed, marked by the poster's own rule (ties share a mark; a test checks the
+    marks match the poster), not by ``mark_best``'s stricter one for measured tables."""
     setting, source = reference["setting"], reference["source"]
     classes, support = reference["classes"], reference["test_support"]
     parts = [("clean", "Clean"), ("attacked", f"Attacked ({setting['attack_label']})")]
@@ -686,7 +748,7 @@ def reference_table(reference: dict) -> Table:
                                        f"{100 * high:.1f}% assuming n = {n} test images"))
         body.append(line)
     for j in range(1, len(columns)):
-        for r, mark in zip(body, mark_best([r[j].value for r in body])):
+        for r, mark in zip(body, mark_as_printed([r[j].value for r in body])):
             r[j].mark = mark
     citation = (f"{source['title']}, {source['authors'].split(',')[0]} et al., {source['venue']} "
                 f"(arXiv {source['arxiv']}): {source['table']}.")
@@ -763,10 +825,15 @@ def cell_class_table(store: ResultStore, cell_key: str, slug: str | None = None)
                                      r.class_name))
         body.append(line)
     summary = store.cells[store.cells["cell_key"] == cell_key].set_index("attack")
+    n_classes = len(body)
     for label, col in (("balanced", "balanced"), ("accuracy", "accuracy")):
         line = [Cell(f"({label})", label), Cell("", None), Cell("", None), Cell("", None)]
-        line += [Cell(pct(summary.loc[a, col]), 100 * summary.loc[a, col]) for a in attacks]
+        line += [Cell(pct(summary.loc[a, col]), 100 * summary.loc[a, col], support=summary.loc[a, "examples"])
+                 for a in attacks]
         body.append(line)
+    for j in range(4, len(columns)):  # classes at their support, the two means at the examples behind them
+        set_precision(body[:n_classes], j)
+        set_precision(body[n_classes:], j)
     notes = ["Recall per class (%); hover for counts and 95% Wilson intervals. (balanced) is balanced accuracy "
              "for clean inputs and Balanced Robustness under an attack."]
     return Table(f"cell-{slug or slugify(cell_key)}-per-class", "Per-class recall under every attack", columns, body,
@@ -821,7 +888,8 @@ def cascade_table(record: CellRecord, attack: str, slug: str) -> Table | None:
                        for j, v in enumerate(counts)]
                     + [Cell(str(robust_total), robust_total),
                        Cell(pct(robust_total / total) if total else "—",
-                            100 * robust_total / total if total else None)])
+                            100 * robust_total / total if total else None, support=total or None)])
+    set_precision(body, len(columns) - 1)
     label = attack_label(attack, record_labels({attack: run}))
     notes = [f"{label}: examples still correctly classified after each stage of the cascade (each stage attacks "
              "only the survivors of the stages before it, so the counts never increase); the last row is the "
