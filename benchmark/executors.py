@@ -163,8 +163,10 @@ def resolve_device(devices: list[str] | None) -> str | None:
 
 
 def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress: bool = True,
-             quiet: bool = False, devices: list[str] | None = None, retry_failed: bool = False) -> list[dict]:
-    """Run every cell's plan (skipping finished ones) with the local or per-device executor; print each
+             quiet: bool = False, devices: list[str] | None = None, retry_failed: bool = False,
+             executor=None) -> list[dict]:
+    """Run every cell's plan (skipping finished ones) with the local or per-device executor (or ``executor``,
+    e.g. a cluster one from ``benchmark.cluster``; ``results_dir`` may then be an fsspec URL); print each
     cell's per-class table as it finishes (unless quiet), then the grid summary. Plans for ``devices``
     are resolved for ``resolve_device(devices)``."""
     unique = list({plan.key: plan for plan in cells}.values())  # the same cell twice would run twice at once
@@ -175,9 +177,10 @@ def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress
         elif not quiet:
             print(format_cell_table(metrics), flush=True)
 
-    out = make_executor(devices).run(unique, Path(results_dir), force, progress and not quiet, report,
-                                     retry_failed=retry_failed)
-    finished = [m for m in out if not is_failed(m)]
+    where = results_dir if executor is not None else Path(results_dir)
+    out = (executor or make_executor(devices)).run(unique, where, force, progress and not quiet, report,
+                                                   retry_failed=retry_failed)
+    finished = [m for m in out if not is_failed(m) and m.get("status") != "locked"]
     if len(finished) > 1:
         print(format_grid_summary(finished), flush=True)
     return out
