@@ -215,15 +215,46 @@ def test_paper_reference_transcribed_and_marked_as_printed():
         assert (bold, underline) == (printed["bold"], printed["underline"]), col.key
 
 
-def test_paper_block_is_marked_separate_and_says_how_settings_differ(site):
-    html = site["html"]
-    assert html.count('id="paper-reference"') == 1 and "PAPER-REPORTED" in html
-    board = table(html, f"leaderboard-{IR10}")
-    assert not any("AT-BSL" in r[1]["text"] for r in board["rows"])
-    assert "dataset mnist5k here, cifar10 in the paper" in html
-    assert "model small_cnn here, resnet18 in the paper" in html
+def test_the_posters_block_is_left_out_of_leaderboards_of_other_datasets(site):
+    html = site["html"]  # MNIST digits only
+    assert "PAPER-REPORTED" not in html and 'id="paper-reference"' not in html
+    assert not (site["out"] / "tables" / "paper-taet-cifar10lt-ir10.tex").exists()
+
+
+def as_dataset(cell: Path, dataset: str) -> Path:
+    metrics = json.loads((cell / "metrics.json").read_text())
+    metrics["data"]["dataset"] = metrics["config"]["dataset"] = dataset
+    (cell / "metrics.json").write_text(json.dumps(metrics))
+    return cell
+
+
+def test_paper_block_is_shown_beside_cifar10_marked_separate_and_says_how_settings_differ(tmp_path):
+    results = tmp_path / "results"
+    for method in ("at", "taet", "trades"):
+        as_dataset(make_cell(results, method, 10, 0), "cifar10")
+    make_cell(results, "at", 10, 0, key="digits")  # an MNIST leaderboard beside it: no block there
+    html = build_report(results, tmp_path / "reports").read_text()
+    assert html.count('id="paper-reference"') == 1 and html.count("PAPER-REPORTED") == 1
+    cifar = html.split('<section id="cifar10-')[1].split("<section")[0]
+    assert "PAPER-REPORTED" in cifar and "Our table above differs in:" in cifar and "dataset " not in cifar
+    assert "model small_cnn here, resnet18 in the paper" in cifar
+    digits = html.split('<section id="mnist5k-')[1].split("<section")[0]
+    assert "PAPER-REPORTED" not in digits
+    board = table(html, "leaderboard-cifar10")
+    assert not any("AT-BSL" in r[2]["text"] for r in board["rows"])
     paper = table(html, "paper-taet")
     assert [r[0]["text"] for r in paper["rows"]][-1] == "TAET (our)"
+    assert (tmp_path / "reports" / "tables" / "paper-taet-cifar10lt-ir10.tex").read_text().count(r"\textbf{") >= 10
+
+
+def test_poster_flag_shows_the_block_on_any_dataset_and_no_poster_hides_it(tmp_path, capsys):
+    results = small_results(tmp_path / "results")
+    assert main(["--results", str(results), "--out", str(tmp_path / "a"), "--poster"]) == 0
+    html = (tmp_path / "a" / "index.html").read_text()
+    assert html.count('id="paper-reference"') == 1 and "dataset mnist5k here, cifar10 in the paper" in html
+    as_dataset(next(results.iterdir()), "cifar10")
+    assert main(["--results", str(results), "--out", str(tmp_path / "b"), "--no-poster"]) == 0
+    assert "PAPER-REPORTED" not in (tmp_path / "b" / "index.html").read_text()
 
 
 def test_skipped_folders_are_listed_with_their_reason(site):
@@ -251,7 +282,6 @@ def test_exports_parse_and_keep_the_marks(site):
     assert r"\toprule" in latex and r"\cmidrule(lr){4-13}" in latex and r"\bottomrule" in latex
     markdown = (tables / f"per-class-{IR10}-pgd20.md").read_text()
     assert "**" in markdown and "| Method |" in markdown
-    assert (tables / "paper-taet-cifar10lt-ir10.tex").read_text().count(r"\textbf{") >= 10
 
 
 def test_cell_page_has_config_counts_confusion_audit_and_a_way_back(site):

@@ -17,6 +17,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="reports", help="site folder to (re)write (default: reports)")
     p.add_argument("--attack", help="attack of the per-class tables (default: pgd20, else the first PGD)")
     p.add_argument("--tail-only", action="store_true", help="per-class tables show only the tail classes")
+    poster = p.add_mutually_exclusive_group()
+    poster.add_argument("--poster", dest="poster", action="store_true", default=None,
+                        help="show the TAET poster's CIFAR-10-LT block beside every leaderboard "
+                             "(default: only beside CIFAR-10 leaderboards)")
+    poster.add_argument("--no-poster", dest="poster", action="store_false", help="never show the poster's block")
     return p
 
 
@@ -25,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .site import build_report
 
-        index = build_report(args.results, args.out, attack=args.attack, tail_only=args.tail_only)
+        index = build_report(args.results, args.out, attack=args.attack, tail_only=args.tail_only,
+                             poster=args.poster)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,8 +32,11 @@ HTML_CONFUSION_MAX_CLASSES = 20  # above this a confusion matrix is drawn as an 
 TEMPLATES = Path(__file__).with_name("templates")
 
 
-def build_report(results: str | Path, out: str | Path, attack: str | None = None, tail_only: bool = False) -> Path:
-    """Build the site for the cells under ``results`` into ``out``; return the path of index.html."""
+def build_report(results: str | Path, out: str | Path, attack: str | None = None, tail_only: bool = False,
+                 poster: bool | None = None) -> Path:
+    """Build the site for the cells under ``results`` into ``out``; return the path of index.html.
+    ``poster``: show the TAET poster's paper-reported CIFAR-10-LT block beside every leaderboard (True),
+    on none (False), or (None, the default) only beside leaderboards of the poster's dataset."""
     results, out = Path(results), Path(out)
     if not results.is_dir():
         raise UsageError(f"results folder {results} does not exist or is not a folder")
@@ -54,7 +57,7 @@ def build_report(results: str | Path, out: str | Path, attack: str | None = None
         raise UsageError(f"cannot build the report beside {out}: {err}") from None
     try:
         build.chmod(0o755)
-        _render(store, build, results, attack, tail_only)
+        _render(store, build, results, attack, tail_only, poster)
         _keep_hidden_files(out, build)
         _swap(build, out)
     except BaseException:
@@ -154,18 +157,28 @@ def _cell_pages(store: ResultStore) -> dict[str, str]:
     return pages
 
 
-def _render(store: ResultStore, root: Path, results: Path, attack: str | None, tail_only: bool) -> None:
+def poster_applies(group: Group, reference: dict, poster: bool | None) -> bool:
+    """Whether a leaderboard shows the poster's block: asked for (True) or not (False), else only when the
+    leaderboard's dataset is the poster's (CIFAR-10): beside MNIST or a user's own data it is noise."""
+    return poster if poster is not None else group.dataset == reference["setting"]["dataset"]
+
+
+def _render(store: ResultStore, root: Path, results: Path, attack: str | None, tail_only: bool,
+            poster: bool | None = None) -> None:
     env, site = environment(), _Site(root)
     pages = _cell_pages(store)
     specs = attack_specs(store)
     reference = load_reference()
-    ref_table = reference_table(reference)
-    ref_links = site.export(ref_table)
+    groups = groups_of(store.cells)
+    shown = [poster_applies(g, reference, poster) for g in groups]
+    ref_table = reference_table(reference) if any(shown) else None
+    ref_links = site.export(ref_table) if ref_table is not None else {}
     colors = plots.method_colors(store.cells["method_label"]) if not store.empty else {}
-    sections = [_group_section(store, site, group, attack, tail_only, pages, specs, reference, colors)
-                for group in groups_of(store.cells)]
-    if sections:  # the paper's block once, in full, beside the measured table closest to its setting
-        closest = min(range(len(sections)), key=lambda i: len(sections[i]["differences"]))
+    sections = [_group_section(store, site, group, attack, tail_only, pages, specs, reference, colors, show)
+                for group, show in zip(groups, shown)]
+    with_poster = [i for i, s in enumerate(sections) if s["poster"]]
+    if with_poster:  # the paper's block once, in full, beside the measured table closest to its setting
+        closest = min(with_poster, key=lambda i: len(sections[i]["differences"]))
         sections[closest]["reference_full"] = True
     ir_figures = _ir_figures(store, site, colors)
     for key, page in pages.items():
@@ -181,6 +194,7 @@ def _render(store: ResultStore, root: Path, results: Path, attack: str | None, t
     (root / "index.html").write_text(env.get_template("index.html.j2").render(**context), encoding="utf-8")
     manifest = {"generator": GENERATOR, "store_schema_version": STORE_SCHEMA_VERSION, "results": str(results),
                 "cells": sorted(store.records), "skipped": skipped, "attack": attack, "tail_only": tail_only,
+                "poster": poster,
                 "tables": site.exports}
     (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
@@ -197,7 +211,8 @@ def _row_label(record: CellRecord) -> str:
     return f"{record.method_label} · {record.data['dataset']} · IR {record.data['imbalance_ratio']:g} · seed {seed}"
 
 
-def _group_section(store, site, group: Group, attack, tail_only, pages, specs, reference, colors) -> dict:
+def _group_section(store, site, group: Group, attack, tail_only, pages, specs, reference, colors,
+                   poster: bool = True) -> dict:
     cells = group.select(store.cells)
     rows = setting_rows(cells)
     labels = {r.setting: r.label for r in rows}
@@ -222,8 +237,8 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
     return {"group": group, "anchor": group.slug, "leaderboard": board, "leaderboard_exports": site.export(board),
             "per_class": per_class, "per_class_exports": site.export(per_class), "attack": chosen,
             "attack_label": chosen_label,
-            "reference_full": False, "figures": figures,
-            "differences": reference_differences(reference, store, group, chosen, tail_only)}
+            "reference_full": False, "figures": figures, "poster": poster,
+            "differences": reference_differences(reference, store, group, chosen, tail_only) if poster else []}
 
 
 def _ir_figures(store: ResultStore, site: _Site, colors: dict[str, str]) -> list[dict]:
