@@ -39,12 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (their files are moved "
                    "aside); without it a failed cell is skipped and reported")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument("--no-wait-locked", action="store_true", help="do not wait at the end for cells that another "
+                   "run holds locked: list them and exit 3")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="for logs: no progress bars, no per-cell tables; "
                    "one line per cell and the grid summary")
     p.add_argument("--devices", type=_csv(str), help="run one cell per device in parallel processes: 0,1,2,3 "
                    "(CUDA indices) or device names (cuda:0, cpu)")
+    from .cluster.cli import add_arguments
+
+    add_arguments(p)  # --executor ray|slurm and their flags
     return p
 
 
@@ -85,6 +90,14 @@ def _run(args) -> int:
                  "eps": args.eps, "data_root": args.data_root, "download": args.download, "device": args.device,
                  "amp": args.amp}
     cells = expand_grid(load_profile(args.profile), overrides)
+    from .cluster import cli as cluster_cli
+
+    cluster = cluster_cli.make(args)
+    if cluster is not None:
+        return _run_cluster(args, cells, cluster, cluster_cli.plan_device(cluster, args))
+    if "://" in args.results:
+        raise UsageError(f"results {args.results}: a URL needs --executor ray or slurm (the local executors write "
+                         "to a folder)")
     if args.dry_run:
         for cfg in cells:
             print(f"{cell_status(Path(args.results) / cfg.key()):<10} {cfg.key()}")
@@ -98,7 +111,43 @@ def _run(args) -> int:
     plans = [cfg.resolve(device) for cfg in cells]
     check_grid_data(plans, Path(args.results), retry_failed=args.retry_failed, force=args.force)
     out = run_grid(plans, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
-                   devices=args.devices, retry_failed=args.retry_failed)
+                   devices=args.devices, retry_failed=args.retry_failed, wait_locked=not args.no_wait_locked)
+    locked = [m for m in out if m.get("status") == "locked"]
+    failed = [m for m in out if is_failed(m)]
+    if failed:
+        retry = " ".join(["python -m benchmark", *(argv_of(args)), "--retry-failed"])
+        print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
+        return 1
+    if locked:
+        print(f"{len(locked)} cell(s) not run here: locked by another run (" +
+              "; ".join(f"{m['cell_key']}: pid {m['owner'].get('pid')} on {m['owner'].get('host')}" for m in locked)
+              + "); run the same command again once it is done", file=sys.stderr, flush=True)
+        return 3
+    return 0
+
+
+def _run_cluster(args, cells, cluster, device: str) -> int:
+    """A grid on Ray or Slurm: plans resolved for the workers' device (not checked here), the data checked,
+    then submitted; --dry-run lists each cell with what would be submitted for it."""
+    from .cluster.storage import Store, is_url
+    from .console import format_failed_summary
+    from .executors import is_failed, run_grid
+    from .runner import check_grid_data
+
+    store = Store(args.results)
+    if not is_url(args.results):
+        check_results_folder(Path(args.results))
+    plans = [cfg.resolve(device) for cfg in cells]
+    if args.dry_run:
+        for plan in plans:
+            status = store.status(plan.key)
+            runs = args.force or status in ("new", "resumable") or (status == "failed" and args.retry_failed)
+            print(f"{status:<10} {plan.key}" + (f"  -> {cluster.describe_plan(plan)}" if runs else ""))
+        return 0
+    check_grid_data(plans, Path(args.results) if not is_url(args.results) else Path(".tailrobust-remote"),
+                    retry_failed=args.retry_failed, force=args.force)
+    out = run_grid(plans, store, force=args.force, progress=False, quiet=args.quiet, retry_failed=args.retry_failed,
+                   executor=cluster)
     failed = [m for m in out if is_failed(m)]
     if failed:
         retry = " ".join(["python -m benchmark", *(argv_of(args)), "--retry-failed"])
