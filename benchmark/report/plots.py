@@ -34,7 +34,7 @@ def method_colors(labels) -> dict[str, str]:
 
 
 def _color(colors: dict[str, str] | None, label: str) -> str | None:
-    return (colors or {}).get(label.split(" [")[0])  # "at [setting]" shares at's colour
+    return (colors or {}).get(label.split(" [")[0].split(" (")[0])  # "at (τ=1.5)", "at [setting]": at's colour
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:

@@ -214,7 +214,7 @@ def _row_label(record: CellRecord) -> str:
 def _group_section(store, site, group: Group, attack, tail_only, pages, specs, reference, colors,
                    poster: bool = True) -> dict:
     cells = group.select(store.cells)
-    rows = setting_rows(cells)
+    rows = setting_rows(cells, store)
     labels = {r.setting: r.label for r in rows}
     chosen = attack if attack is not None else default_attack(attacks_in(cells), specs)
     chosen_label = attack_label(chosen, attack_labels(store, list(dict.fromkeys(cells["cell_key"])))) \

@@ -27,6 +27,7 @@ import yaml
 
 from ..store import CLEAN, WORST_CASE, WORST_CASE_ALL_EXAMPLES, CellRecord, ResultStore, eps_label
 from . import significance as sig
+from .naming import setting_labels
 from .precision import column_decimals, fmt
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -358,15 +359,21 @@ class Row:
     rank_value: float  # mean Balanced Robustness under the worst case (NaN when absent)
 
 
-def setting_rows(group_cells: pd.DataFrame) -> list[Row]:
-    """Settings ranked by mean BR under worst_case, best first; ties and missing values by name."""
+def setting_rows(group_cells: pd.DataFrame, store: ResultStore | None = None) -> list[Row]:
+    """Settings ranked by mean BR under worst_case, best first; ties and missing values by name. A method
+    label with several settings (same model) names each by what differs in its config (``naming``), read
+    from ``store``'s records; without a store, by its setting hash."""
     rows = []
-    labels = group_cells.drop_duplicates("setting").groupby(["method_label", "model"])["setting"].nunique()
+    names: dict[str, str] = {}
+    firsts = group_cells.drop_duplicates("setting")
+    for (method_label, _model), same in firsts.groupby(["method_label", "model"], sort=False):
+        if len(same) > 1:  # same method twice: say which config
+            configs = {r.setting: store.record(r.cell_key).config if store is not None else {}
+                       for r in same.itertuples()}
+            names.update(setting_labels(str(method_label), configs))
     for setting, sub in group_cells.groupby("setting", sort=False):
         first = sub.iloc[0]
-        label = first.method_label
-        if labels.get((first.method_label, first.model), 1) > 1:  # same method twice: say which config
-            label = f"{label} [{setting}]"
+        label = names.get(setting, first.method_label)
         worst = sub[sub["attack"] == WORST_CASE]["balanced"]
         mean = _mean_std(worst.tolist())[0]
         cells = sub.drop_duplicates("cell_key").sort_values(["seed", "cell_key"], key=_seed_key)
@@ -386,7 +393,7 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
     labels = attack_labels(store, list(dict.fromkeys(cells["cell_key"])))
     descriptions = attack_descriptions(store, list(dict.fromkeys(cells["cell_key"])))
     attacks = [a for a in attacks_in(cells) if a != CLEAN]
-    rows = setting_rows(cells)
+    rows = setting_rows(cells, store)
     tests = paired_tests(store, rows)
     bands = sig.rank_bands([above for above, _ in tests])
     tail_name = next((g for g in ("tail", "few") if f"group_{g}" in cells and cells[f"group_{g}"].notna().any()),
@@ -673,7 +680,7 @@ def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_o
     Each cell is the mean recall over seeds; its hover shows the pooled counts and a 95% Wilson interval.
     ``classes`` (index, name) overrides the columns, ``part`` ("head", "tail") names such a selection."""
     frame = group.select(store.classes)
-    rows = rows if rows is not None else setting_rows(group.select(store.cells))
+    rows = rows if rows is not None else setting_rows(group.select(store.cells), store)
     keys = [k for r in rows for k in r.cell_keys]
     classes = classes if classes is not None else selected_classes(store, keys, tail_only)
     parts = [(CLEAN, "Clean")] + ([(attack, f"Attacked ({attack_label(attack, attack_labels(store, keys))})")]
