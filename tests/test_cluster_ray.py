@@ -1,0 +1,151 @@
+"""--executor ray on a local Ray instance (ray.init(num_cpus=2), no GPU): a 4-cell tiny grid gives the local
+executor's metrics, a second submission runs nothing, a worker killed mid-cell is retried and resumes from the
+checkpoint with the same metrics, a cell that raises is recorded failed while the rest finish, and a
+missing extra is one line."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmark.__main__ import main
+from benchmark.config import expand_grid
+from benchmark.executors import run_grid
+from toys import TINY_PROFILE
+
+ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'tailrobust[ray]')")
+from benchmark.cluster.ray_executor import RayExecutor  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+GRID = {"methods": ["at", "taet"], "imbalance_ratios": [10, 20], "seeds": [0], "epochs": 1}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def _plans(**changes):
+    return [cfg.resolve("cpu") for cfg in expand_grid({**yaml.safe_load(TINY_PROFILE), **GRID, **changes})]
+
+
+def _quiet_grid(plans, results, executor=None):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        metrics = run_grid(plans, results, progress=False, quiet=True, executor=executor)
+    return metrics, out.getvalue()
+
+
+def _per_class(metrics: dict) -> dict:
+    return {name: a["per_class_correct"] for name, a in metrics["evaluation"]["attacks"].items()}
+
+
+@pytest.fixture(scope="module")
+def ray_grid(local_ray, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray")
+    plans = _plans()
+    ray_metrics, printed = _quiet_grid(plans, tmp / "ray", RayExecutor(num_cpus=1, num_gpus=0))
+    local_metrics, _ = _quiet_grid(plans, tmp / "local")
+    return {"plans": plans, "ray": ray_metrics, "local": local_metrics, "printed": printed, "results": tmp / "ray"}
+
+
+def test_four_cell_grid_on_ray_gives_the_local_executors_metrics(ray_grid):
+    assert len(ray_grid["ray"]) == 4
+    for on_ray, here in zip(ray_grid["ray"], ray_grid["local"]):
+        assert on_ray["cell_key"] == here["cell_key"]
+        assert _per_class(on_ray) == _per_class(here)
+        assert on_ray["evaluation"]["attacks"]["worst_case"]["balanced"] == here["evaluation"]["attacks"]["worst_case"]["balanced"]
+
+
+def test_ray_driver_prints_grid_progress_and_the_summary(ray_grid):
+    printed = ray_grid["printed"]
+    assert printed.count("submitted (ray task ") == 4
+    assert "[4/4 done | 0 running or queued | 0 failed |" in printed and "ETA" in printed
+    assert "BR worst per method x IR" in printed
+
+
+def test_a_second_ray_submission_runs_nothing(ray_grid):
+    records = sorted(ray_grid["results"].glob("*/metrics.json"))
+    before = [p.stat().st_mtime_ns for p in records]
+    _, printed = _quiet_grid(ray_grid["plans"], ray_grid["results"], RayExecutor(num_cpus=1, num_gpus=0))
+    assert printed.count("skip (finished)") == 4 and "submitted" not in printed
+    assert [p.stat().st_mtime_ns for p in records] == before
+
+
+def _ray_worker_pids(key: str) -> list[int]:
+    """The process Ray titled after the running task (``ray::cell <key>``, the task's name)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if f"ray::cell {key}" in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_after_first_epoch(cell_dir: Path, epochs: int, killed: list, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = cell_dir / "log.jsonl"
+        lines = log.read_text().count("\n") if log.exists() else 0
+        if 1 <= lines < epochs and (cell_dir / "checkpoint.pt").exists():
+            for pid in _ray_worker_pids(cell_dir.name):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            if killed:
+                return
+        time.sleep(0.02)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
+def test_a_worker_killed_mid_cell_is_retried_and_resumes_from_its_checkpoint(local_ray, tmp_path):
+    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
+    killer.start()
+    (resumed,), printed = _quiet_grid([plan], tmp_path / "ray", RayExecutor(num_cpus=1, num_gpus=0, max_retries=2))
+    killer.join()
+    assert killed, "the worker was never seen mid-cell"
+    assert resumed.get("status") != "failed", resumed
+    assert resumed["cost"]["resumed_from_epoch"] >= 1  # the retry started from the checkpoint, not from epoch 0
+    (here,), _ = _quiet_grid([plan], tmp_path / "local")
+    assert here["cost"]["resumed_from_epoch"] is None
+    assert _per_class(resumed) == _per_class(here)
+
+
+def test_a_cell_that_raises_is_recorded_failed_with_its_cause_and_the_rest_finish(local_ray, tmp_path):
+    good = _plans(methods=["at"], imbalance_ratios=[10])
+    bad = [cfg.resolve("cpu") for cfg in expand_grid({**yaml.safe_load(TINY_PROFILE), **GRID, "methods": ["at"],
+                                                     "imbalance_ratios": [10], "dataset": "mnist",
+                                                     "data_root": str(tmp_path / "no-data")})]
+    out, printed = _quiet_grid(good + bad, tmp_path / "r", RayExecutor(num_cpus=1, num_gpus=0))
+    assert out[0]["status"] == "complete"
+    assert out[1]["status"] == "failed" and "UsageError" in out[1]["failure"]["cause"]
+    assert json.loads((tmp_path / "r" / bad[0].key / "metrics.json").read_text())["status"] == "failed"
+    assert "FAILED" in printed and "1 failed" in printed
+
+
+def test_executor_ray_without_the_extra_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` sees when the extra is not installed
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(TINY_PROFILE)
+    code = main(["--profile", str(profile), "--results", str(tmp_path / "r"), "--executor", "ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "pip install 'tailrobust[ray]'" in err
+    assert not (tmp_path / "r").exists()
