@@ -54,3 +54,49 @@ def test_setting_labels_name_schedule_and_attack_fields_and_fall_back_to_the_has
              "s2": {"eval_attack_specs": [{"kind": "fgsm", "name": "fgsm"}]}}
     assert setting_labels("at", lists) == {"s1": "at (eval_attack_specs=variant 1)",
                                            "s2": "at (eval_attack_specs=variant 2)"}
+
+
+def audit_rows(page: str) -> list[tuple[str, str, str, str]]:
+    """(check, result word, status class, finding) per row of a cell page's audit table."""
+    tab = next(t for name, t in PageTables(page).tables.items() if name.endswith("-audit"))
+    return [(r[0]["text"], r[1]["text"], r[1]["attrs"]["class"], r[2]["text"]) for r in tab["rows"]]
+
+
+def test_audit_of_a_clean_cell_reads_as_sentences_all_marked_green(tmp_path):
+    make_cell(tmp_path / "results", "at", 10, 0, key="clean-audit")
+    build_report(tmp_path / "results", tmp_path / "reports")
+    page = (tmp_path / "reports" / "cells" / "clean-audit.html").read_text()
+    rows = audit_rows(page)
+    assert {check for check, *_ in rows} >= {"PGD cross-check", "Attack strength", "Threat model", "Gradients",
+                                            "Model mode", "Re-scoring"}
+    assert all(word == "pass" and "status-ok" in css for _, word, css, _ in rows)
+    assert any("agree on every example" in finding for *_, finding in rows)
+    audit = page.split("<h2>Audit</h2>")[1].split("<h2>")[0]
+    assert "[]" not in audit and "{" not in audit and "true" not in audit
+
+
+def test_failed_and_borderline_checks_are_red_and_amber_with_the_classes_named(tmp_path):
+    cell = make_cell(tmp_path / "results", "at", 10, 0, key="bad-audit")
+    metrics = json.loads((cell / "metrics.json").read_text())
+    audit = metrics["audit"]
+    audit["attack_agreement"][0].update(disagreements=5, per_class=[0] * 7 + [3, 2, 0], flagged_classes=[7, 8])
+    audit["order_checks"] = [
+        {"stronger": "pgd20", "weaker": "fgsm", "stronger_acc": 0.45, "weaker_acc": 0.40, "examples": 1000, "ok": False},
+        {"stronger": "pgd20_nostart", "weaker": "fgsm", "stronger_acc": 0.405, "weaker_acc": 0.40, "examples": 1000,
+         "ok": True}]
+    audit["zero_gradient_fraction"] = 0.02
+    audit["rescoring"] = {"pgd20": {"reported_robust": 37, "rescored_robust": 35, "matches": False}}
+    audit["autoattack_agreement"] = []
+    audit["something_new"] = {"x": 1}
+    (cell / "metrics.json").write_text(json.dumps(metrics))
+    build_report(tmp_path / "results", tmp_path / "reports")
+    rows = audit_rows((tmp_path / "reports" / "cells" / "bad-audit.html").read_text())
+    by_status = {s: [f for _, _, css, f in rows if f"status-{s}" in css] for s in ("ok", "warn", "fail")}
+    assert any("classes 7, 8" in f and "5 examples" in f for f in by_status["fail"])
+    assert any("PGD-20 leaves more examples correct than the weaker FGSM" in f and "45.0% against 40.0%" in f
+               for f in by_status["fail"])
+    assert any("re-scoring the inputs it returned gives 35" in f for f in by_status["fail"])
+    assert any("within the tolerance" in f for f in by_status["warn"])
+    assert any(f.startswith("2.0% of test examples have a zero input gradient") for f in by_status["warn"])
+    assert any("something_new" in f for f in by_status["warn"])
+    assert [w for _, w, css, _ in rows if "status-fail" in css] == ["fail"] * len(by_status["fail"])

@@ -20,6 +20,7 @@ import yaml
 from ..errors import UsageError
 from ..store import STORE_SCHEMA_VERSION, UNREADABLE, CellRecord, ResultStore, load_results
 from . import plots
+from .audit_text import audit_table
 from .exports import write_exports
 from .tables import (Group, Table, attack_label, attack_labels, attack_specs, attacks_in, cascade_table,
                      cell_class_table, confusion_table, default_attack, describe_spec, groups_of, key_value_table,
@@ -286,8 +287,7 @@ def _cell_page(env, store: ResultStore, site: _Site, key: str, page: str, attack
         confusion = confusion_table(store, key, chosen, slug)
     tables = {"classes": class_table, "confusion": confusion,
               "cost": key_value_table(f"cell-{slug}-cost", "Cost", record.cost),
-              "audit": key_value_table(f"cell-{slug}-audit", "Audit",
-                                       {k: v for k, v in record.audit.items() if k != "flags"}),
+              "audit": audit_table(f"cell-{slug}-audit", record.audit, labels, names),
               "method_diagnostics": key_value_table(f"cell-{slug}-method-diagnostics", "Method diagnostics",
                                                     record.method_diagnostics)
               if record.method_diagnostics else None}  # TAET: how long its clean stage really learned

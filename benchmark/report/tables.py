@@ -907,12 +907,30 @@ def cascade_table(record: CellRecord, attack: str, slug: str) -> Table | None:
 
 
 def key_value_table(slug: str, title: str, record: dict) -> Table:
-    """A flat record (cost, audit) as two columns; nested values are shown as compact JSON."""
-    import json
-
+    """A flat record (cost, method diagnostics) as two columns, values as words (``readable``)."""
     body = []
     for key, value in record.items():
-        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        text = readable(value)
         body.append([Cell(str(key), str(key)), Cell(text, text)])
     return Table(slug, title, [Column("key", "Field", numeric=False), Column("value", "Value", numeric=False)], body,
                  kind="record")
+
+
+def readable(value: Any) -> str:
+    """A record value for a reader: none for empty or null, a list of numbers or words joined by commas,
+    a mapping as "key value; ...", anything deeper as compact JSON."""
+    import json
+
+    if value is None or value == [] or value == {} or value == "":
+        return "none"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, numbers.Real):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, numbers.Real)) for v in value):
+        return ", ".join(readable(v) for v in value)
+    if isinstance(value, dict) and all(isinstance(v, (str, numbers.Real, type(None))) for v in value.values()):
+        return "; ".join(f"{k} {readable(v)}" for k, v in value.items())
+    return json.dumps(value, default=str)
