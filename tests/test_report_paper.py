@@ -100,3 +100,47 @@ def test_failed_and_borderline_checks_are_red_and_amber_with_the_classes_named(t
     assert any(f.startswith("2.0% of test examples have a zero input gradient") for f in by_status["warn"])
     assert any("something_new" in f for f in by_status["warn"])
     assert [w for _, w, css, _ in rows if "status-fail" in css] == ["fail"] * len(by_status["fail"])
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Every figure the report saves, by file name, with its axes' limits (captured before it is closed)."""
+    from benchmark.report import plots
+
+    seen: dict[str, list[dict]] = {}
+    save = plots._save
+
+    def capture(fig, path, tight=True):
+        seen[Path(path).name] = [{"xlim": ax.get_xlim(), "ylim": ax.get_ylim(), "xticks": list(ax.get_xticks())}
+                                 for ax in fig.axes]
+        return save(fig, path, tight)
+
+    monkeypatch.setattr(plots, "_save", capture)
+    return seen
+
+
+def test_a_one_epoch_one_cell_report_has_readable_axes(tmp_path, figures):
+    cell = make_cell(tmp_path / "results", "at", 10, 0, key="one", per_class_monitor=True)
+    log = [json.loads(line) for line in (cell / "log.jsonl").read_text().splitlines()][:1]  # one epoch (0)
+    (cell / "log.jsonl").write_text(json.dumps(log[0]) + "\n")
+    build_report(tmp_path / "results", tmp_path / "reports")
+    for name in ("cell-one-training.png", "cell-one-monitor-per-class.png"):
+        for ax in figures[name]:
+            low, high = ax["xlim"]
+            assert (low, high) == (-0.5, 0.5) and ax["xticks"] == [0], name  # not -0.04..0.04
+    loss_axis = figures["cell-one-training.png"][0]
+    assert loss_axis["ylim"][0] == 0 and loss_axis["ylim"][1] > log[0]["loss"]
+    scatter = next(v for k, v in figures.items() if k.endswith("clean-vs-robust.png"))[0]
+    assert scatter["xlim"][1] - scatter["xlim"][0] >= 10 and scatter["ylim"][1] - scatter["ylim"][0] >= 10
+    assert 0 <= scatter["xlim"][0] and scatter["xlim"][1] <= 100
+
+
+def test_percent_limits_keep_a_span_inside_0_and_100():
+    from benchmark.report.plots import percent_limits
+
+    assert percent_limits([50.0]) == (45.0, 55.0)
+    assert percent_limits([0.0, 0.0]) == (0.0, 10.0)
+    assert percent_limits([100.0]) == (90.0, 100.0)
+    low, high = percent_limits([20.0, 80.0])
+    assert low < 20 and high > 80 and high - low < 70
+    assert percent_limits([]) == (0.0, 100.0)

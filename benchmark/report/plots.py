@@ -37,6 +37,40 @@ def _color(colors: dict[str, str] | None, label: str) -> str | None:
     return (colors or {}).get(label.split(" [")[0].split(" (")[0])  # "at (τ=1.5)", "at [setting]": at's colour
 
 
+def epoch_axis(ax, epochs: list) -> None:
+    """Integer epoch ticks; a single epoch gets one tick and a one-epoch-wide axis, not matplotlib's
+    default ±0.04 around it."""
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    known = sorted({e for e in epochs if isinstance(e, (int, float))})
+    if len(known) == 1:
+        ax.set_xlim(known[0] - 0.5, known[0] + 0.5)
+        ax.set_xticks(known)
+
+
+def percent_limits(values, minimum_span: float = 10.0) -> tuple[float, float]:
+    """Axis limits (percent) around ``values`` that stay inside [0, 100] and span at least
+    ``minimum_span`` points, so one point (one cell) or equal values do not give a hair-thin axis."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if not finite:
+        return 0.0, 100.0
+    low, high = min(finite), max(finite)
+    pad = max((minimum_span - (high - low)) / 2, 0.05 * (high - low), 1.0)
+    low, high = max(0.0, low - pad), min(100.0, high + pad)
+    if high - low < minimum_span:  # pressed against 0 or 100
+        low, high = (0.0, minimum_span) if low == 0.0 else (100.0 - minimum_span, 100.0)
+    return low, high
+
+
+def value_limits(values) -> tuple[float, float] | None:
+    """Limits for a non-negative quantity (a loss) whose values are all equal (one epoch): 0 to 1.25 × it;
+    None (matplotlib's own) otherwise."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if finite and len(set(finite)) == 1:
+        v = finite[0]
+        return (0.0, 1.25 * v) if v > 0 else (v - 1.0, v + 1.0)
+    return None
+
+
 def _save(fig, path: Path, tight: bool = True) -> Path:
     if tight:  # the layout solver is most of a figure's cost; fixed-margin figures skip it
         fig.tight_layout()
@@ -82,6 +116,7 @@ def br_vs_ir(cells: pd.DataFrame, path: Path, colors: dict[str, str] | None = No
             ax.errorbar(stats.index, stats["mean"] * 100, yerr=stats["std"].fillna(0) * 100, marker="o",
                         capsize=3, label=f"{label} · {model}" if several_models else label,
                         color=_color(colors, label) if not several_models else None)
+        ax.set_ylim(*percent_limits(frame["balanced"] * 100))
         ax.set_xscale("log")
         irs = sorted(frame["imbalance_ratio"].unique())
         ax.set_xticks(irs, [f"{ir:g}" for ir in irs])
@@ -104,6 +139,8 @@ def clean_vs_robust(cells: pd.DataFrame, labels: dict[str, str], path: Path,
                     sub = wide.xs(setting, level="setting")
                     ax.scatter(sub[CLEAN] * 100, sub[WORST_CASE] * 100, label=labels[setting], s=28,
                                color=_color(colors, labels[setting]))
+            ax.set_xlim(*percent_limits(wide[CLEAN] * 100))  # one cell: a readable span, not ±0.04
+            ax.set_ylim(*percent_limits(wide[WORST_CASE] * 100))
         ax.set_xlabel("balanced accuracy, clean (%)")
         ax.set_ylabel("Balanced Robustness, worst case (%)")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
@@ -131,7 +168,10 @@ def training_curves(log: list[dict], path: Path) -> Path | None:
     monitors = sorted({k for entry in log for k in entry if k.startswith("monitor_") and k.endswith("_acc")})
     with plt.rc_context(STYLE):
         fig, (left, right) = plt.subplots(1, 2, figsize=(8.0, 2.8))
-        left.plot(epochs, [_num(entry.get("loss")) for entry in log], marker="o")
+        losses = [_num(entry.get("loss")) for entry in log]
+        left.plot(epochs, losses, marker="o")
+        if value_limits(losses):
+            left.set_ylim(*value_limits(losses))
         left.set_xlabel("epoch")
         left.set_ylabel("training loss")
         if any("train_acc" in entry for entry in log):
@@ -146,7 +186,7 @@ def training_curves(log: list[dict], path: Path) -> Path | None:
         right.set_ylim(0, 100)
         right.legend()
         for ax in (left, right):
-            ax.xaxis.get_major_locator().set_params(integer=True)
+            epoch_axis(ax, epochs)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.17, top=0.96, wspace=0.25)
         return _save(fig, path, tight=False)
 
@@ -169,7 +209,7 @@ def monitor_per_class(log: list[dict], names: list[str], path: Path) -> Path | N
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{attack_label(key[len('monitor_per_class_'):])} recall (%)")
         ax.set_ylim(0, 100)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        epoch_axis(ax, epochs)
         if series.shape[1] <= 12:
             ax.legend(ncol=2, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="class (index order)")
         return _save(fig, path)
