@@ -104,6 +104,8 @@ class _SlurmBackend:
     def __init__(self, owner: SlurmExecutor, executor, store: Store, force: bool, retry_failed: bool):
         self.owner, self.executor, self.store = owner, executor, store
         self.force, self.retry_failed = force, retry_failed
+        self._missing: dict = {}  # job id -> times in a row squeue did not list it
+        self._gone: set = set()  # jobs that ended without a result (job.result() would wait for ever)
 
     def slots(self) -> int:
         return 1  # unknown to the driver: the ETA is that of one cell at a time (an upper bound)
@@ -121,12 +123,42 @@ class _SlurmBackend:
         deadline = time.monotonic() + timeout
         while True:
             done = [job for job in jobs if job.done()]
+            done += [job for job in self._vanished(jobs) if job not in done]
             if done or time.monotonic() >= deadline:
                 return done
             time.sleep(min(0.5, timeout))
 
+    def _vanished(self, jobs) -> list:
+        """Jobs Slurm no longer lists that left no result, seen twice in a row: submitit asks ``sacct``, which
+        a Slurm without accounting (a single-node test cluster) cannot answer, so ask ``squeue`` too."""
+        if not jobs or getattr(self.executor, "cluster", "") != "slurm":
+            return []
+        import subprocess
+
+        ids = [str(job.job_id) for job in jobs]
+        try:
+            listed = subprocess.run(["squeue", "-h", "-o", "%i", "-j", ",".join(ids)], capture_output=True,
+                                    text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return []
+        if listed.returncode != 0 and "Invalid job id" not in listed.stderr:
+            return []
+        alive = {line.strip().split("_")[0] for line in listed.stdout.splitlines()}
+        gone = []
+        for job in jobs:
+            if str(job.job_id) in alive or job.paths.result_pickle.exists():
+                self._missing.pop(job.job_id, None)
+                continue
+            self._missing[job.job_id] = self._missing.get(job.job_id, 0) + 1
+            if self._missing[job.job_id] >= 2:
+                self._gone.add(job.job_id)
+                gone.append(job)
+        return gone
+
     def outcome(self, job):
         submitit = self.owner.submitit
+        if job.job_id in self._gone and not job.paths.result_pickle.exists():
+            return None, True, f"job {job.job_id} ended without a result (killed or cancelled)"
         try:
             return job.result(), False, ""
         except submitit.core.utils.FailedJobError as err:  # the cell raised: recorded, not retried
