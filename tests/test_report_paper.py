@@ -144,3 +144,79 @@ def test_percent_limits_keep_a_span_inside_0_and_100():
     low, high = percent_limits([20.0, 80.0])
     assert low < 20 and high > 80 and high - low < 70
     assert percent_limits([]) == (0.0, 100.0)
+
+
+def three_methods_with_autoattack(root: Path) -> Path:
+    """at, taet, trades (one seed each) evaluated under PGD-20 and the reference AutoAttack on 1,000 digits."""
+    import numpy as np
+
+    y = np.repeat(np.arange(10), 100)
+    wrong = (y + 1) % 10
+    for method, (clean, pgd, aa) in {"at": (90, 50, 44), "taet": (85, 55, 47), "trades": (88, 52, 40)}.items():
+        keep = lambda share, shift=0: np.where((np.arange(y.size) + shift) % 100 < share - 3 * (y // 4), y, wrong)  # noqa: E731
+        make_cell(root, method, 10, 0, predictions={"clean": keep(clean), "pgd20": keep(pgd), "aa": keep(aa)},
+                  attack_records={"aa": {"label": "AutoAttack", "spec": {"kind": "autoattack", "eps": 0.1,
+                                                                        "steps": 100, "version": "standard"}}})
+    return root
+
+
+def test_compact_latex_has_the_six_paper_columns_and_fits_one_column(tmp_path):
+    from benchmark.report.paper import COLUMN_WIDTH_PT
+    from benchmark.store import load_results
+
+    results = three_methods_with_autoattack(tmp_path / "results")
+    build_report(results, tmp_path / "reports")
+    tables = tmp_path / "reports" / "tables"
+    slug = "compact-mnist5k-ir10-Linf-eps0.1-balanced"
+    frame = __import__("pandas").read_csv(tables / f"{slug}.csv")
+    assert [c for c in frame.columns if not c.endswith(("ci95 low", "ci95 high", "± 95%", "± source"))] == \
+        ["Method", "Clean", "BR (%) PGD-20", "BR (%) AA", "Class recall (%) Worst", "Class recall (%) Tail"]
+    store = load_results(results)
+    cells = store.cells
+    for row in frame.to_dict("records"):
+        method = row["Method"]
+        mine = cells[(cells["method_label"] == method)].set_index("attack")
+        assert row["Clean"] == pytest.approx(100 * mine.loc["clean", "balanced"])
+        assert row["BR (%) AA"] == pytest.approx(100 * mine.loc["aa", "balanced"])
+        assert row["Class recall (%) Worst"] == pytest.approx(100 * mine.loc["worst_case", "worst_class_recall"])
+        # one seed: ± is the normal half-width of the class-mean recall over test sampling
+        per_class = store.classes[(store.classes["method_label"] == method) & (store.classes["attack"] == "clean")]
+        p = per_class["correct"] / per_class["test_support"]
+        half = 100 * 1.959964 * (p * (1 - p) / per_class["test_support"]).sum() ** 0.5 / 10
+        assert row["Clean ± 95%"] == pytest.approx(half, rel=1e-4)
+        assert row["Clean ± source"].startswith("test-set sampling")
+    latex = (tables / f"{slug}.tex").read_text()
+    body = latex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+    assert len(body) == 3 and all(line.count("&") == 5 for line in body)
+    assert r"\begin{table}[t]" in latex and r"\begin{table*}" not in latex and r"\scriptsize$\pm$" in latex
+    width = float(latex.split("% estimated width ")[1].split(" pt")[0])
+    assert width <= COLUMN_WIDTH_PT
+    assert ".00" not in latex  # 1,000 examples: one decimal, never two
+    assert all(len(cell.split(r"\,")[0].split("{")[-1].strip(" }\\")) <= 4 for line in body
+               for cell in line.split("&")[1:2])
+
+
+def test_per_class_paper_tables_split_head_and_tail_classes(tmp_path):
+    results = three_methods_with_autoattack(tmp_path / "results")
+    build_report(results, tmp_path / "reports")
+    tables = tmp_path / "reports" / "tables"
+    base = "per-class-mnist5k-ir10-Linf-eps0.1-balanced-pgd20"
+    head = __import__("pandas").read_csv(tables / f"{base}-head.csv")
+    tail = __import__("pandas").read_csv(tables / f"{base}-tail.csv")
+    assert "Model" not in head and "Seeds" not in head
+    assert [c for c in head.columns if c.startswith("Clean ") and "ci95" not in c] == [f"Clean {c}" for c in range(5)]
+    assert [c for c in tail.columns if c.startswith("Clean ") and "ci95" not in c] == [f"Clean {c}" for c in range(5, 10)]
+    latex = (tables / f"{base}-tail.tex").read_text()
+    assert r"\multicolumn{5}{c}{Clean}" in latex and r"\caption{Per-class recall (tail classes)" in latex
+
+
+def test_a_table_too_wide_for_one_column_is_emitted_as_table_star():
+    from benchmark.report.exports import to_latex
+    from benchmark.report.tables import Cell, Column, Table
+
+    columns = [Column("method", "Method", numeric=False)] + [Column(f"c{i}", f"class{i}") for i in range(20)]
+    rows = [[Cell("method")] + [Cell("55.5", 55.5) for _ in range(20)]]
+    wide = to_latex(Table("wide", "wide", columns, rows, kind="compact"))
+    assert r"\begin{table*}[t]" in wide and r"\end{table*}" in wide and "both columns" in wide
+    narrow = to_latex(Table("narrow", "narrow", columns[:4], [r[:4] for r in rows], kind="compact"))
+    assert r"\begin{table}[t]" in narrow and "one column" in narrow

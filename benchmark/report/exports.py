@@ -89,6 +89,8 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
+    if table.kind == "compact":
+        return to_latex_float(table)
     marks = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
     lines = [f"% {latex_escape(table.title)}"] + [f"% {latex_escape(n)}" for n in table.notes]
     lines += [r"% needs \usepackage{booktabs}",
@@ -106,6 +108,45 @@ def to_latex(table: Table) -> str:
     for row in table.rows:
         lines.append(" & ".join(marks[c.mark] % latex_escape(c.text) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _latex_number(cell) -> str:
+    r"""``58.6 ± 1.4`` as ``58.6\,{\scriptsize$\pm$1.4}``, the mark on the value only."""
+    marks = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
+    value, _, spread = cell.text.partition(" ± ")
+    text = marks[cell.mark] % latex_escape(value)
+    return text + (rf"\,{{\scriptsize$\pm${latex_escape(spread)}}}" if spread else "")
+
+
+def to_latex_float(table: Table) -> str:
+    r"""A paper table (``paper.py``): a ``table`` float sized for one column of a two-column paper, or
+    ``table*`` when its estimated width (``paper.estimate_width_pt``) exceeds ``\columnwidth``."""
+    from .paper import COLUMN_WIDTH_PT, estimate_width_pt
+
+    width = estimate_width_pt(table)
+    env = "table" if width <= COLUMN_WIDTH_PT else "table*"
+    lines = [f"% {latex_escape(table.title)}"] + [f"% {latex_escape(n)}" for n in table.notes]
+    lines += [f"% estimated width {width:.0f} pt (\\columnwidth of a two-column paper: about "
+              f"{COLUMN_WIDTH_PT:.0f} pt): {'one column' if env == 'table' else 'both columns (table*)'}",
+              r"% needs \usepackage{booktabs}", rf"\begin{{{env}}}[t]", r"\centering", r"\small",
+              r"\setlength{\tabcolsep}{3pt}",
+              r"\begin{tabular}{" + "".join("r" if c.numeric else "l" for c in table.columns) + "}", r"\toprule"]
+    if table.has_groups:
+        spans, rules, start = [], [], 1
+        for label, n in table.group_spans:
+            spans.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label)}}}" if label else " & ".join([""] * n))
+            if label:
+                rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+            start += n
+        lines += [" & ".join(spans) + r" \\", " ".join(rules)]
+    lines.append(" & ".join(latex_escape(c.label) for c in table.columns) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        lines.append(" & ".join(_latex_number(c) if col.numeric else latex_escape(c.text)
+                                for c, col in zip(row, table.columns)) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{latex_escape(table.title)}}}",
+              rf"\label{{tab:{table.slug}}}", rf"\end{{{env}}}"]
     return "\n".join(lines) + "\n"
 
 

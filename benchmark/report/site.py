@@ -21,6 +21,7 @@ from ..errors import UsageError
 from ..store import STORE_SCHEMA_VERSION, UNREADABLE, CellRecord, ResultStore, load_results
 from . import plots
 from .audit_text import audit_table
+from .paper import compact_table, head_tail_tables
 from .exports import write_exports
 from .tables import (Group, Table, attack_label, attack_labels, attack_specs, attacks_in, cascade_table,
                      cell_class_table, confusion_table, default_attack, describe_spec, groups_of, key_value_table,
@@ -222,6 +223,9 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
         if chosen else None
     board = leaderboard(store, group, pages)
     per_class = per_class_table(store, group, chosen, tail_only, rows)
+    paper_tables = [("compact leaderboard", compact_table(store, group, rows))]
+    paper_tables += [(f"per-class, {t.slug.rsplit('-', 1)[1]} classes", t)
+                     for t in head_tail_tables(store, group, chosen, rows)]
     figures = []
     if chosen:
         path = plots.per_class_bars(group.select(store.classes), labels, chosen,
@@ -239,6 +243,7 @@ def _group_section(store, site, group: Group, attack, tail_only, pages, specs, r
             "per_class": per_class, "per_class_exports": site.export(per_class), "attack": chosen,
             "attack_label": chosen_label,
             "reference_full": False, "figures": figures, "poster": poster,
+            "paper_exports": [(name, site.export(t)) for name, t in paper_tables],
             "differences": reference_differences(reference, store, group, chosen, tail_only) if poster else []}
 
 
