@@ -110,6 +110,7 @@ def _run(args) -> int:
     check_results_folder(Path(args.results))
     plans = [cfg.resolve(device) for cfg in cells]
     check_grid_data(plans, Path(args.results), retry_failed=args.retry_failed, force=args.force)
+    note_other_versions(Path(args.results), plans)
     out = run_grid(plans, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
                    devices=args.devices, retry_failed=args.retry_failed, wait_locked=not args.no_wait_locked)
     locked = [m for m in out if m.get("status") == "locked"]
@@ -154,6 +155,25 @@ def _run_cluster(args, cells, cluster, device: str) -> int:
         print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def note_other_versions(results: Path, plans) -> None:
+    """One line for finished cells of the same configs made by another harness version (not reused)."""
+    from .runner import cells_of_other_versions
+
+    other = cells_of_other_versions(results, plans)
+    if other:
+        versions = sorted({v for _, v in other})
+        print(f"note: {len(other)} finished cell(s) in {results} have the config of a cell of this grid but were made "
+              f"by tailrobust {', '.join(versions)}; they are not reused (this version {_version()} runs them "
+              f"anew; the report shows both): {', '.join(name for name, _ in other[:5])}"
+              + (" ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def argv_of(args) -> list[str]:

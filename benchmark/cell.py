@@ -7,29 +7,37 @@ finished, ``predictions.npz`` and ``metrics.json``: a :class:`CellRecord` that t
 ``superseded/<time>/``.
 
 Identity: the cell key is ``<dataset>-ir<IR>-<method>-<model>-s<seed>-<digest>``, the digest hashing the
-resolved config without locations and the as-written forms that the resolved config spells out
-(:func:`cell_key`, what ``Config.key()`` computes). A *setting* is the same rule without the training seed
+resolved config without locations and the as-written forms that the resolved config spells out, together
+with the harness's result-affecting version (:data:`HARNESS_VERSION`: record schema and package version),
+so a cell made by another version is never counted as done (:func:`cell_key`, what ``Config.key()``
+computes). Every file a cell resumes from (checkpoint, best model, evaluation progress) carries the key
+and the :func:`config_hash`, and one that does not match its folder is refused, never resumed. A *setting* is the same rule without the training seed
 (:func:`setting_of`): cells that differ only by training seed share it and are averaged together.
 
 This module imports neither torch nor the configuration, so the report reads cells without either.
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
+from . import __version__
 from .atomic import write_json_atomic
 
 SCHEMA_VERSION = 1  # of metrics.json; the store reads this version only
+HARNESS_VERSION = f"schema {SCHEMA_VERSION}, tailrobust {__version__}"  # in every cell key
 
 CONFIG_FILE = "config.yaml"
 INDICES_FILE = "indices.json"
 LOG_FILE = "log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"  # the epoch before: resumed from when the newest is unreadable
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"  # per-example labels and predictions of every attack, for audits
 EVAL_PROGRESS_DIR = "eval_progress"  # per-attack partial predictions while an evaluation runs (resumable)
@@ -46,6 +54,26 @@ Status = Literal["done", "failed", "resumable", "new"]
 
 class BadCell(ValueError):
     """A metrics.json that is missing, unreadable, or not a complete record of the schema read here."""
+
+
+class ForeignCellFile(RuntimeError):
+    """A checkpoint (or other file a cell resumes from) that belongs to another cell or config: refused."""
+
+
+def set_aside(cell_dir: Path, only: tuple[str, ...] | None = None, keep: tuple[str, ...] = ("lock.json",)) -> Path:
+    """Move a cell's files (or only those named) into ``superseded/<time>/`` (never overwrite or delete
+    results): before a forced re-run or a retry, or a damaged file. The cell's lock stays where it is."""
+    cell_dir = Path(cell_dir)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    target, n = cell_dir / SUPERSEDED_DIR / stamp, 1
+    while target.exists():
+        n += 1
+        target = cell_dir / SUPERSEDED_DIR / f"{stamp}-{n}"
+    target.mkdir(parents=True)
+    for item in list(cell_dir.iterdir()):
+        if item.name not in (SUPERSEDED_DIR, *keep) and (only is None or item.name in only):
+            shutil.move(str(item), target / item.name)
+    return target
 
 
 def non_finite_path(value: Any, where: str = "") -> str | None:
@@ -104,7 +132,7 @@ def cell_status(cell_dir: Path) -> Status:
             return "done"
         if read_failure(cell_dir) is not None:
             return "failed"
-    if (cell_dir / CHECKPOINT_FILE).exists():
+    if (cell_dir / CHECKPOINT_FILE).exists() or (cell_dir / PREVIOUS_CHECKPOINT_FILE).exists():
         return "resumable"
     return "new"
 
@@ -125,6 +153,7 @@ def _identity(resolved: dict, drop: tuple[str, ...] = ()) -> dict:
     semantic = {k: v for k, v in resolved.items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS + drop}
     if resolved.get("selection") != "val_best":  # the validation split is carved only for val_best
         semantic.pop("val_fraction", None)
+    semantic["harness_version"] = HARNESS_VERSION
     return semantic
 
 
@@ -137,6 +166,24 @@ def cell_key(resolved: dict) -> str:
     ir = f"{float(resolved['imbalance_ratio']):g}"
     return (f"{resolved['dataset']}-ir{ir}-{resolved['method']}-{resolved['model']}-s{resolved['seed']}-"
             f"{_digest(_identity(resolved), 10)}")
+
+
+def config_hash(resolved: dict) -> str:
+    """A longer digest of what the cell key hashes (16 hex digits): stored in every file a cell resumes from."""
+    return _digest(_identity(resolved), 16)
+
+
+def ownership_problem(state: dict, cell_dir: Path, expected_hash: str, what: str) -> str | None:
+    """Why a resumable file (checkpoint, progress) does not belong to this cell: its stored key or config
+    hash differs from the folder's (None: it belongs). Files without the fields are from before they existed."""
+    key, digest = state.get("cell_key"), state.get("config_hash")
+    if key is None or digest is None:
+        return (f"{what} carries no cell key or config hash (written by an older harness); it cannot be "
+                f"shown to belong to cell {Path(cell_dir).name}")
+    if key != Path(cell_dir).name or digest != expected_hash:
+        return (f"{what} belongs to cell {key} (config hash {digest}), not to {Path(cell_dir).name} "
+                f"(config hash {expected_hash})")
+    return None
 
 
 def setting_of(resolved: dict) -> str:
@@ -170,7 +217,7 @@ class Seeds(TypedDict):
 
 
 # Top-level fields in the order metrics.json has always had them; the required ones must be present.
-_ORDER = ("schema_version", "cell_key", "status", "finished_at", "method", "data", "seeds", "evaluation",
+_ORDER = ("schema_version", "cell_key", "config_hash", "status", "finished_at", "method", "data", "seeds", "evaluation",
           "model_selection", "method_diagnostics", "audit", "cost", "config", "versions")
 _REQUIRED = {"method": dict, "data": dict, "evaluation": dict}
 
@@ -194,11 +241,13 @@ class CellRecord:
     method_diagnostics: dict | None = None  # only where a method records some (TAET: its plateau)
     schema_version: int = SCHEMA_VERSION
     status: str = "complete"
+    config_hash: str | None = None  # absent in records of before the hash
     extra: dict = field(default_factory=dict)  # fields of a newer writer, kept as they are
 
     def to_json(self) -> dict:
         values = {name: getattr(self, name) for name in _ORDER}
-        out = {k: v for k, v in values.items() if v is not None or k not in ("model_selection", "method_diagnostics")}
+        out = {k: v for k, v in values.items()
+               if v is not None or k not in ("model_selection", "method_diagnostics", "config_hash")}
         return {**out, **self.extra}
 
     @classmethod
@@ -222,7 +271,9 @@ class CellRecord:
         return cls(cell_key=str(raw.get("cell_key", "")), finished_at=str(raw.get("finished_at", "")),
                    method=known["method"], data=known["data"], evaluation=known["evaluation"],
                    model_selection=known.get("model_selection"), method_diagnostics=known.get("method_diagnostics"),
-                   schema_version=known["schema_version"], status=known["status"], **dict_or_empty,
+                   schema_version=known["schema_version"], status=known["status"],
+                   config_hash=known.get("config_hash") if isinstance(known.get("config_hash"), str) else None,
+                   **dict_or_empty,
                    extra={k: v for k, v in raw.items() if k not in _ORDER})
 
     # Typed accessors: what readers ask of a cell, each in one place.

@@ -7,6 +7,7 @@ range are recorded so a broken projection cannot pass unnoticed.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
 from .data.loader import stratified_subset, to_float
 from .atomic import save_npz_atomic
+from .cell import ownership_problem
 
 
 class InferenceModel(torch.nn.Module):
@@ -31,16 +33,26 @@ class InferenceModel(torch.nn.Module):
         return self.method.logits(self.model, x)
 
 
-def _load_progress(path: Path | None, attack: AttackSpec, n: int) -> dict | None:
-    """Partial predictions of an interrupted attack run, if they belong to this attack on these examples."""
+def _load_progress(path: Path | None, attack: AttackSpec, n: int, owner: dict | None = None) -> dict | None:
+    """Partial predictions of an interrupted attack run, if they belong to this attack on these examples
+    (and, with ``owner``, to this cell and config); otherwise the attack starts over, with a warning."""
     if path is None or not path.exists():
         return None
     try:
         with np.load(path, allow_pickle=False) as f:
             state = {k: f[k] for k in f.files}
         meta = json.loads(str(state.pop("meta")))
-    except (OSError, ValueError, KeyError):
-        return None  # unreadable: start the attack over
+        if not isinstance(meta, dict):
+            raise ValueError("meta is not a mapping")
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as err:
+        print(f"warning: {path}: unreadable evaluation progress ({type(err).__name__}); the attack starts over",
+              file=sys.stderr, flush=True)
+        return None
+    if owner is not None:
+        problem = ownership_problem(meta, path.parent.parent, owner["config_hash"], str(path))
+        if problem:
+            print(f"warning: {problem}: refused, the attack starts over", file=sys.stderr, flush=True)
+            return None
     if meta.get("spec") != attack.to_dict() or meta.get("examples") != n:
         return None
     return {"meta": meta, **state}
@@ -49,18 +61,20 @@ def _load_progress(path: Path | None, attack: AttackSpec, n: int) -> dict | None
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None,
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
             desc: str | None = None, num_classes: int | None = None, seed: int = 0,
-            progress_path: Path | None = None) -> tuple[np.ndarray, dict]:
+            progress_path: Path | None = None, owner: dict | None = None) -> tuple[np.ndarray, dict]:
     """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers.
 
     With ``progress_path`` the predictions so far (and the random generator's state) are saved after
     every batch, and a re-started call continues where the interrupted one stopped: a long AutoAttack
-    evaluation loses at most one batch.
+    evaluation loses at most one batch. ``owner`` (cell key and config hash) is stored with them and
+    checked on resume, so progress copied from another cell is never continued.
     """
     n = len(x)
     preds = np.full(n, -1, dtype=np.int64)
     meta = {"spec": attack.to_dict() if attack is not None else None, "examples": n, "done": 0, "seconds": 0.0,
             "max_linf": 0.0, "min_pixel": 1.0, "max_pixel": 0.0, "reported_robust": None, "cascade": None}
-    previous = _load_progress(progress_path, attack, n) if attack is not None else None
+    meta.update(owner or {})
+    previous = _load_progress(progress_path, attack, n, owner) if attack is not None else None
     if previous is not None:
         meta, preds = previous["meta"], previous["preds"]
         if generator is not None and "generator" in previous:
@@ -115,7 +129,7 @@ def _add_cascade(total: dict | None, batch: dict) -> dict:
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[AttackSpec],
              batch_size: int, device: torch.device, seed: int = 0, progress: bool = True,
-             num_classes: int | None = None, progress_dir: Path | None = None) -> dict:
+             num_classes: int | None = None, progress_dir: Path | None = None, owner: dict | None = None) -> dict:
     """Clean and per-attack predictions on the same examples, with seconds and sanity records per attack.
 
     An attack with ``per_class`` runs on a fixed class-stratified subset of x (seed 0, the same for every
@@ -135,14 +149,14 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     hook = model.register_forward_pre_hook(count_train_mode)
     try:
         _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                       predictions, records, train_mode_calls)
+                       predictions, records, train_mode_calls, owner)
     finally:
         hook.remove()
     return {"predictions": predictions, "records": records}
 
 
 def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                   predictions, records, train_mode_calls) -> None:
+                   predictions, records, train_mode_calls, owner=None) -> None:
     for attack in [None, *attacks]:
         calls_before = train_mode_calls[0]
         name = "clean" if attack is None else attack.name
@@ -156,7 +170,7 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         path = None if progress_dir is None or attack is None else Path(progress_dir) / f"{name}.npz"
         pred, sanity = predict(model, x[t], y[t], attack, batch_size, device, generator,
                                desc=f"eval {name}" if progress else None, num_classes=num_classes, seed=seed,
-                               progress_path=path)
+                               progress_path=path, owner=owner)
         full = np.full(len(y), -1, dtype=np.int64)
         full[idx] = pred
         predictions[name] = full

@@ -19,7 +19,8 @@ from .console import format_cell_table, format_failed_cell, format_grid_summary
 from .errors import UsageError
 from .plan import Plan
 from .cell import cell_status
-from .runner import run_cell
+from .cell_lock import describe as describe_owner, is_stale, read_owner, stale_after_default
+from .runner import is_locked, run_cell
 
 Report = Callable[[dict], None]
 
@@ -91,7 +92,8 @@ class LocalExecutor:
             status = cell_status(Path(results_dir) / cfg.key)
             print(tracker.line(i, _verb(status, force, retry_failed), cfg), flush=True)
             metrics = run_cell(cfg, results_dir, force=force, progress=progress, retry_failed=retry_failed)
-            tracker.finished(cfg, metrics, ran=force or status != "done")
+            if not is_locked(metrics):
+                tracker.finished(cfg, metrics, ran=force or status != "done")
             report(metrics)
             out.append(metrics)
         return out
@@ -144,7 +146,8 @@ class DeviceExecutor:
                     cfg, device, status = running.pop(future)
                     free.append(device)
                     metrics = future.result()  # a failed cell returns its failed record; a crash stops the grid
-                    tracker.finished(cfg, metrics, ran=force or status != "done")
+                    if not is_locked(metrics):
+                        tracker.finished(cfg, metrics, ran=force or status != "done")
                     report(metrics)
                     results[cfg.key] = metrics
         return [results[cfg.key] for cfg in cells]
@@ -162,25 +165,55 @@ def resolve_device(devices: list[str] | None) -> str | None:
     return DeviceExecutor(devices).devices[0]
 
 
+def _after_locked(runner, cells: list[Plan], out: list[dict], results_dir: Path, progress: bool, report: Report,
+                  retry_failed: bool, poll_s: float = 5.0) -> list[dict]:
+    """Wait for the cells that were locked by another run, then run them here (a finished one is only read)."""
+    by_key = {m.get("cell_key"): m for m in out}
+    waiting = [p for p in cells if is_locked(by_key.get(p.key, {}))]
+    while waiting:
+        print(f"waiting for {len(waiting)} cell(s) locked by another run (Ctrl-C stops; rerun later to finish)",
+              flush=True)
+        while not (free := [p for p in waiting if _lock_gone(results_dir / p.key)]):
+            time.sleep(poll_s)
+        for metrics in runner.run(free, results_dir, False, progress, report, retry_failed=retry_failed):
+            by_key[metrics.get("cell_key")] = metrics
+        waiting = [p for p in waiting if is_locked(by_key.get(p.key, {}))]
+    return [by_key.get(m.get("cell_key"), m) for m in out]
+
+
+def _lock_gone(cell_dir: Path) -> bool:
+    owner = read_owner(cell_dir)
+    return owner is None or is_stale(owner, stale_after_default())
+
+
 def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress: bool = True,
              quiet: bool = False, devices: list[str] | None = None, retry_failed: bool = False,
-             executor=None) -> list[dict]:
+             executor=None, wait_locked: bool = True, poll_s: float = 5.0) -> list[dict]:
     """Run every cell's plan (skipping finished ones) with the local or per-device executor (or ``executor``,
     e.g. a cluster one from ``benchmark.cluster``; ``results_dir`` may then be an fsspec URL); print each
     cell's per-class table as it finishes (unless quiet), then the grid summary. Plans for ``devices``
-    are resolved for ``resolve_device(devices)``."""
+    are resolved for ``resolve_device(devices)``.
+
+    Cells another live process owns (their lock) are skipped while the rest runs; then, with
+    ``wait_locked``, the grid waits for each lock to go (polling every ``poll_s`` seconds) and takes the
+    result the owner left (or runs the cell itself if the owner died without finishing it)."""
     unique = list({plan.key: plan for plan in cells}.values())  # the same cell twice would run twice at once
 
     def report(metrics: dict) -> None:
-        if is_failed(metrics):
+        if is_locked(metrics):
+            print(f"locked: {metrics['cell_key']} is being run by {describe_owner(metrics['owner'])}; "
+                  "skipped for now", flush=True)
+        elif is_failed(metrics):
             print(format_failed_cell(metrics), flush=True)
         elif not quiet:
             print(format_cell_table(metrics), flush=True)
 
     where = results_dir if executor is not None else Path(results_dir)
-    out = (executor or make_executor(devices)).run(unique, where, force, progress and not quiet, report,
-                                                   retry_failed=retry_failed)
-    finished = [m for m in out if not is_failed(m) and m.get("status") != "locked"]
+    runner = executor or make_executor(devices)
+    out = runner.run(unique, where, force, progress and not quiet, report, retry_failed=retry_failed)
+    if wait_locked and isinstance(where, Path):
+        out = _after_locked(runner, unique, out, where, progress and not quiet, report, retry_failed, poll_s)
+    finished = [m for m in out if not is_failed(m) and not is_locked(m)]
     if len(finished) > 1:
         print(format_grid_summary(finished), flush=True)
     return out

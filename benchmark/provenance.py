@@ -45,7 +45,10 @@ def package_versions() -> dict[str, str]:
     import numpy
     import torch
 
-    versions = {"python": sys.version.split()[0], "torch": torch.__version__, "numpy": numpy.__version__,
+    from . import __version__
+
+    versions = {"tailrobust": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                "numpy": numpy.__version__,
                 "platform": platform.platform(), "cuda": torch.version.cuda or "none"}
     try:
         import torchattacks

@@ -28,8 +28,10 @@ from .metrics import summarize_evaluation
 from .models import create_model
 from .plan import Plan
 from .atomic import save_npz_atomic, write_json_atomic, write_text_atomic
-from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, METRICS_FILE, PREDICTIONS_FILE, SUPERSEDED_DIR,
-                   CellRecord, cell_status, non_finite_path, read_record, record_problem, write_failure, write_record)
+from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, METRICS_FILE, PREDICTIONS_FILE,
+                   PREVIOUS_CHECKPOINT_FILE, CellRecord, ForeignCellFile, cell_status, config_hash, non_finite_path, read_record, record_problem,
+                   set_aside, write_failure, write_record)
+from .cell_lock import CellLock, describe as describe_owner
 from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
 from .selection import BEST, Selector
@@ -38,20 +40,6 @@ from .train import TrainingFailed, train
 
 class DataFault(RuntimeError):
     """Data that is there but cannot be read (corrupt, truncated): a runtime fault, not bad input."""
-
-def _set_aside(cell_dir: Path, only: tuple[str, ...] | None = None) -> Path:
-    """Move a cell's files (or only those named) into ``superseded/<time>/`` before a forced re-run
-    (never overwrite results)."""
-    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    target, n = cell_dir / SUPERSEDED_DIR / stamp, 1
-    while target.exists():
-        n += 1
-        target = cell_dir / SUPERSEDED_DIR / f"{stamp}-{n}"
-    target.mkdir(parents=True)
-    for item in list(cell_dir.iterdir()):
-        if item.name != SUPERSEDED_DIR and (only is None or item.name in only):
-            shutil.move(str(item), target / item.name)
-    return target
 
 
 def check_batch_fits(plan: Plan, data) -> None:
@@ -118,17 +106,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _owner(plan: Plan) -> dict:
+    """What every file a cell resumes from carries, to be checked against its folder."""
+    return {"cell_key": plan.key, "config_hash": config_hash(plan.resolved)}
+
+
 def make_selector(plan: Plan, data, cell_dir: Path) -> Selector:
     """The model-selection rule of the cell with the examples and attack it scores on."""
     if plan.selection == "val_best":
         return Selector("val_best", plan.selection_start_epoch, plan.monitor_attack, data.x_val, data.y_val,
-                        "balanced robust accuracy (validation split)", plan.eval_batch_size, cell_dir / BEST)
+                        "balanced robust accuracy (validation split)", plan.eval_batch_size, cell_dir / BEST,
+                        owner=_owner(plan))
     if plan.selection == "test_best":
         x, y, _ = evaluation_subset(plan, data)
         specs = {s.name: s for s in plan.eval_attacks}
         attack = specs.get("pgd20") or AttackSpec("pgd", plan.eps, 20, plan.eps / 4, "uniform")
         return Selector("test_best", plan.selection_start_epoch, attack, x, y,
-                        "robust accuracy (test split: test-selected)", plan.eval_batch_size, cell_dir / BEST)
+                        "robust accuracy (test split: test-selected)", plan.eval_batch_size, cell_dir / BEST,
+                        owner=_owner(plan))
     return Selector.final(plan.epochs, plan.eval_batch_size)
 
 
@@ -161,26 +156,87 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
     """Train (or resume) and evaluate one cell, a ``Plan`` or a ``Config`` (resolved here, once, for the
     device it names); return its metrics (read back if already finished), or its ``failed`` record (status
     "failed", with the stage, epoch, step and cause) when training or evaluation went wrong. A failed
-    cell runs again only with ``retry_failed`` (or ``force``)."""
-    cfg = plan = cell if isinstance(cell, Plan) else cell.resolve()
+    cell runs again only with ``retry_failed`` (or ``force``).
+
+    The cell is run under its lock (:class:`~benchmark.cell_lock.CellLock`): while another live process
+    owns it, nothing is touched and ``{"status": "locked", "cell_key", "owner"}`` comes back."""
+    plan = cell if isinstance(cell, Plan) else cell.resolve()
     cell_dir = Path(results_dir) / plan.key
     status = cell_status(cell_dir)
     if status == "done" and not force:
         return read_record(cell_dir).to_json()
     if status == "failed" and not (force or retry_failed):
         return json.loads((cell_dir / METRICS_FILE).read_text())
-    device = pick_device(plan.device)
     data = load_checked_data(plan)  # before the folder is made: a batch larger than the training set is bad input
+    with CellLock(cell_dir, plan.key) as lock:
+        if not lock.acquired:
+            return locked_result(plan.key, lock.owner)
+        if lock.took_over:
+            print(f"note: {cell_dir.name}: took over the stale lock of {describe_owner(lock.took_over)}",
+                  file=sys.stderr, flush=True)
+        status = cell_status(cell_dir)  # again, under the lock: another process may have finished it meanwhile
+        if status == "done" and not force:
+            return read_record(cell_dir).to_json()
+        if status == "failed" and not (force or retry_failed):
+            return json.loads((cell_dir / METRICS_FILE).read_text())
+        return _run_owned(plan, data, cell_dir, status, force, progress)
+
+
+def remove_stale_temporaries(cell_dir: Path) -> list[Path]:
+    """Delete the half-written temporary files (``.<name>.<random>.tmp``, benchmark.atomic) that a killed
+    process left in the cell: safe only under the cell's lock, when no other process writes there."""
+    removed = []
+    for folder in (cell_dir, cell_dir / EVAL_PROGRESS_DIR):
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def cells_of_other_versions(results_dir: Path, plans: list[Plan]) -> list[tuple[str, str]]:
+    """Finished folders in ``results_dir`` whose config is that of a planned cell but whose key is not,
+    because another harness version made them (its key covers the version): ``(folder, its version)``.
+    They are listed, not reused: this version's numbers may differ from theirs."""
+    from .cell import cell_key
+
+    planned = {p.key for p in plans}
+    found = []
+    for folder in sorted(Path(results_dir).iterdir()) if Path(results_dir).is_dir() else ():
+        if folder.name in planned or not (folder / METRICS_FILE).is_file():
+            continue
+        try:
+            record = read_record(folder)
+        except Exception:  # noqa: BLE001 - any unreadable folder is simply not one of these
+            continue
+        if record.config and cell_key(record.config) in planned:
+            found.append((folder.name, str(record.versions.get("tailrobust", "before 0.2.0"))))
+    return found
+
+
+def locked_result(key: str, owner: dict | None) -> dict:
+    """What a cell that another process owns gives back: neither done nor failed; the grid lists it."""
+    return {"status": "locked", "cell_key": key, "owner": owner or {}}
+
+
+def is_locked(metrics: dict) -> bool:
+    return metrics.get("status") == "locked"
+
+
+def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progress: bool) -> dict:
+    """The body of :func:`run_cell`, run while this process holds the cell's lock."""
+    cfg = plan
+    device = pick_device(plan.device)
     if (force or status == "failed") and status != "new":  # a forced run or a retry starts over
-        moved = _set_aside(cell_dir)
+        moved = set_aside(cell_dir)
         print(f"{'--force' if force else '--retry-failed'}: previous files of {cell_dir.name} moved to {moved}",
               file=sys.stderr)
     elif (cell_dir / METRICS_FILE).exists():  # a record that is not a finished one: keep it aside, run again
         problem = record_problem(cell_dir)
-        moved = _set_aside(cell_dir, only=(METRICS_FILE,))
+        moved = set_aside(cell_dir, only=(METRICS_FILE,))
         print(f"warning: {cell_dir / METRICS_FILE}: {problem}; moved to {moved}, the cell runs again",
               file=sys.stderr)
     cell_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(cell_dir)
     write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(plan.record(), sort_keys=False))
 
     write_json_atomic(cell_dir / INDICES_FILE, {
@@ -196,12 +252,15 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
                      progress=progress)
     except TrainingFailed as err:
         return _fail(cell_dir, plan, "training", err.cause, err.epoch, err.step)
+    except ForeignCellFile as err:
+        return _fail(cell_dir, plan, "resume", str(err), None, None)
 
     x_eval, y_eval, eval_idx = evaluation_subset(plan, data)
     started = time.perf_counter()
     inference, attack_specs = InferenceModel(model, method), list(plan.eval_attacks)
     result = evaluate(inference, x_eval, y_eval, attack_specs, plan.eval_batch_size, device, seed=plan.seed,
-                      progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR)
+                      progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR,
+                      owner=_owner(plan))
     audit = build_audit(y_eval.numpy(), result["predictions"], attack_specs, result["records"], data.num_classes,
                         zero_gradient_fraction(inference, x_eval, y_eval, plan.eval_batch_size, device))
     cost["eval_seconds"] = time.perf_counter() - started
@@ -226,6 +285,7 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
         return _fail(cell_dir, plan, "evaluation", f"non-finite number at {bad_number}", plan.epochs - 1, cost["steps"])
     record = CellRecord(
         cell_key=cell_dir.name,
+        config_hash=config_hash(plan.resolved),
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         method={"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
         data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
@@ -244,6 +304,8 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
         config=plan.record(),
         versions=package_versions(),
     )
-    write_record(cell_dir, record)
+    # tidy before the record: a finished cell is never touched again, and a crash here only costs a re-evaluation
     shutil.rmtree(cell_dir / EVAL_PROGRESS_DIR, ignore_errors=True)  # partial attack results, now in predictions.npz
+    (cell_dir / PREVIOUS_CHECKPOINT_FILE).unlink(missing_ok=True)  # the final checkpoint stays; its fallback is done
+    write_record(cell_dir, record)
     return record.to_json()

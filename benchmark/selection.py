@@ -24,6 +24,7 @@ import torch
 from attacks import AttackSpec
 from .evaluate import predict
 from .atomic import load_torch_plain, save_torch_atomic
+from .cell import ForeignCellFile, ownership_problem
 
 BEST = "best.pt"
 LABELS = {"final": "final epoch", "val_best": "validation-selected", "test_best": "test-selected"}
@@ -48,6 +49,7 @@ class Selector:
     best_path: Path | None  # None for the final rule (nothing is saved)
     best_epoch: int | None = None
     best_score: float | None = None
+    owner: dict | None = None  # {"cell_key", "config_hash"} stored with the best model and checked on restore
 
     @classmethod
     def final(cls, epochs: int, batch_size: int) -> "Selector":
@@ -66,7 +68,7 @@ class Selector:
         if self.best_score is None or score > self.best_score:  # ties keep the earlier epoch
             self.best_epoch, self.best_score = epoch, score
             save_torch_atomic(self.best_path, {"model": model.state_dict(), "method": method.state_dict(),
-                                               "epoch": epoch, "score": score})
+                                               "epoch": epoch, "score": score, **(self.owner or {})})
         return score
 
     def state_dict(self) -> dict:
@@ -81,6 +83,13 @@ class Selector:
         if self.rule == "final" or self.best_epoch is None:
             return
         state = load_torch_plain(self.best_path, map_location=device)  # plain tensors only: never runs code
+        if self.owner is not None:
+            problem = ownership_problem(state, self.best_path.parent, self.owner["config_hash"], str(self.best_path))
+            if problem:
+                raise ForeignCellFile(f"{problem}: refused")
+        if state.get("epoch") != self.best_epoch:
+            raise ForeignCellFile(f"{self.best_path} holds epoch {state.get('epoch')}, but the selection chose "
+                                  f"epoch {self.best_epoch}: refused")
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
 

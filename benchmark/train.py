@@ -2,9 +2,11 @@
 
 Per step the method computes its own loss (including any attack); the loop only steps the
 optimizer. Loss sums stay on the device until the epoch ends, so the hot loop never syncs with the
-host. At each epoch end a checkpoint (model, optimizer, scheduler, method state, RNG states) is
-written atomically, then one line of ``log.jsonl``; a restarted run resumes from the checkpoint, which
-holds only tensors and builtins and is loaded with ``weights_only=True``.
+host. At each epoch end one line of ``log.jsonl`` is written, then a checkpoint (model, optimizer,
+scheduler, method state, RNG states, the cell key and config hash) atomically, the one before it kept as
+``checkpoint.prev.pt``; a restarted run resumes from the newest readable of the two (a truncated newest
+one falls back to the epoch before, with a warning), which holds only tensors and builtins and is loaded
+with ``weights_only=True``. A checkpoint of another cell or config is refused, never resumed.
 
 The loop receives the cell's resolved ``Plan`` (benchmark/plan.py) and the model-selection rule the
 runner built from it; it reads the plan and never calls back into the configuration.
@@ -12,7 +14,9 @@ runner built from it; it reads the plan and never calls back into the configurat
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -30,8 +34,50 @@ from .metrics import per_class_recall
 from .plan import Plan
 from .selection import Selector
 from .fastpath import autocast, prepare_model
-from .atomic import load_torch_plain, save_torch_atomic
-from .cell import CHECKPOINT_FILE, LOG_FILE
+from .atomic import UnsafeFile, load_torch_plain, save_torch_atomic
+from .cell import (CHECKPOINT_FILE, LOG_FILE, PREVIOUS_CHECKPOINT_FILE, ForeignCellFile, config_hash,
+                   ownership_problem, set_aside)
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "method", "rng", "epoch", "step", "train_seconds")
+
+
+def load_resume_state(cell_dir: Path, plan: Plan, device: torch.device) -> dict | None:
+    """The newest readable checkpoint of the cell (None: none, start from epoch 0).
+
+    Tried newest first, then the one before; an unreadable (truncated, empty, not a checkpoint) file is
+    moved into ``superseded/`` with a warning naming it. One that belongs to another cell or config raises
+    :class:`ForeignCellFile`, and one that is not plain tensors raises ``UnsafeFile``: neither is resumed."""
+    expected = config_hash(plan.resolved)
+    for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+        path = Path(cell_dir) / name
+        if not path.exists():
+            continue
+        try:
+            state = load_torch_plain(path, map_location=device)
+            if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+                raise ValueError("not a training checkpoint of this harness (fields missing)")
+        except UnsafeFile:
+            raise
+        except Exception as err:  # truncated or garbage: torch/zipfile errors name what they read
+            moved = set_aside(cell_dir, only=(name,))
+            detail = str(err).splitlines()[0][:160] if str(err) else ""
+            print(f"warning: {path}: unreadable checkpoint ({type(err).__name__}: {detail}); moved to {moved}",
+                  file=sys.stderr, flush=True)
+            continue
+        problem = ownership_problem(state, cell_dir, expected, str(path))
+        if problem:
+            raise ForeignCellFile(f"{problem}: refused, not resumed (--retry-failed moves it aside and starts over)")
+        return state
+    return None
+
+
+def save_checkpoint(cell_dir: Path, state: dict) -> None:
+    """Keep the previous checkpoint, then write the new one atomically: a crash at any moment leaves one
+    whole checkpoint to resume from, and a newest one damaged later still has the epoch before it."""
+    path, previous = Path(cell_dir) / CHECKPOINT_FILE, Path(cell_dir) / PREVIOUS_CHECKPOINT_FILE
+    if path.exists():
+        os.replace(path, previous)
+    save_torch_atomic(path, state)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -127,9 +173,9 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     inference = InferenceModel(model, method)
 
     start_epoch, seconds = 0, 0.0
-    checkpoint_path, log_path = cell_dir / CHECKPOINT_FILE, cell_dir / LOG_FILE
-    if checkpoint_path.exists():
-        state = load_torch_plain(checkpoint_path, map_location=device)  # refuses anything but plain tensors
+    log_path = cell_dir / LOG_FILE
+    state = load_resume_state(cell_dir, plan, device)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -193,10 +239,11 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with log_path.open("a") as handle:  # log first: a log ahead of the checkpoint is trimmed on resume
             handle.write(json.dumps(record) + "\n")
-        save_torch_atomic(checkpoint_path, {
+        save_checkpoint(cell_dir, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
             "train_seconds": seconds, "config": plan.config, "selection": selector.state_dict(),
+            "cell_key": plan.key, "config_hash": config_hash(plan.resolved),
         })
         postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['train_acc']:.2f}"}
         if "monitor_clean_acc" in record:

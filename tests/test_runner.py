@@ -371,14 +371,14 @@ def test_two_forced_reruns_in_the_same_second_keep_both_old_result_sets(finished
     import datetime as real_dt
     import types
 
-    import benchmark.runner as runner_module
+    import benchmark.cell as cell_module
 
     frozen = real_dt.datetime(2025, 1, 2, 3, 4, 5)
     fake_datetime = types.SimpleNamespace(now=lambda *a: frozen)
-    monkeypatch.setattr(runner_module, "dt", types.SimpleNamespace(datetime=fake_datetime, timezone=real_dt.timezone))
+    monkeypatch.setattr(cell_module, "dt", types.SimpleNamespace(datetime=fake_datetime, timezone=real_dt.timezone))
     results = _copy_results(finished_run, tmp_path)
     cell = results / finished_run.cfg.key()
-    first = runner_module._set_aside(cell)
+    first = cell_module.set_aside(cell)
     shutil.copytree(first, cell, dirs_exist_ok=True)  # as if a forced re-run had finished again
-    second = runner_module._set_aside(cell)
+    second = cell_module.set_aside(cell)
     assert first != second and (first / "metrics.json").exists() and (second / "metrics.json").exists()
