@@ -243,3 +243,18 @@ def test_the_report_still_escapes_every_string(tmp_path):
         index = build_report(results, tmp_path / "reports")
     html = index.read_text() + (tmp_path / "reports" / "cells" / "evil.html").read_text()
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    import pickle
+
+    from benchmark.data import load_dataset
+    from dataset_files import write_cifar10
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as stream:
+        pickle.dump({"data": _Payload(marker), "labels": [0]}, stream, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="data_batch_3: refusing to load posix.system"):
+        load_dataset("cifar10", str(tmp_path))
+    assert not marker.exists()

@@ -105,9 +105,28 @@ def _read_idx_dataset(name: str, paths: dict[str, Path], classes: list[str]) -> 
     return ImageDataset(name, x_train, y_train, x_test, y_test, list(classes))
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles the CIFAR batches (dicts of bytes/str keys, numpy uint8 arrays, lists of ints and names)
+    and nothing else: a pickle in a data folder that asks for any other class or function (``os.system``)
+    is refused instead of run. torchvision uses plain ``pickle.load`` here; a shared data folder is data."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch (only arrays, lists, "
+                                     "numbers and strings are data)")
+
+
 def _unpickle(path: Path) -> dict:
     with open(path, "rb") as stream:
-        return pickle.load(stream, encoding="latin1")  # as torchvision reads the Python 2 pickles
+        try:
+            return _ArraysOnly(stream, encoding="latin1").load()  # latin1: as torchvision reads the Python 2 pickles
+        except pickle.UnpicklingError as err:
+            raise pickle.UnpicklingError(f"{path}: {err}") from None
 
 
 def _read_cifar_batches(paths: list[Path], label_key: str) -> tuple[torch.Tensor, torch.Tensor]:
