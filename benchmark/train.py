@@ -34,7 +34,7 @@ from .metrics import per_class_recall
 from .plan import Plan
 from .selection import Selector
 from .fastpath import autocast, prepare_model
-from .atomic import UnsafeFile, load_torch_plain, save_torch_atomic
+from .atomic import UnsafeFile, load_torch_plain, save_torch_atomic, write_text_atomic
 from .cell import (CHECKPOINT_FILE, LOG_FILE, PREVIOUS_CHECKPOINT_FILE, ForeignCellFile, config_hash,
                    ownership_problem, set_aside)
 
@@ -133,14 +133,18 @@ def _trim_log(path: Path, last_epoch: int) -> None:
     and checkpoint writes, or in the middle of a line."""
     if not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
+    kept, dropped = [], 0
+    for raw in path.read_bytes().splitlines():
         try:
+            line = raw.decode("utf-8")
             if json.loads(line)["epoch"] <= last_epoch:
                 kept.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue
-    path.write_text("".join(f"{line}\n" for line in kept))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            dropped += 1
+    if dropped:
+        print(f"warning: {path}: {dropped} unreadable line(s) dropped on resume", file=sys.stderr, flush=True)
+    save_text = "".join(f"{line}\n" for line in kept)
+    write_text_atomic(path, save_text)
 
 
 def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,

@@ -262,3 +262,16 @@ def test_a_finished_cell_of_another_version_is_listed_and_not_counted_as_done(fi
     note_other_versions(results, plans)
     assert "made by tailrobust 0.1.0; they are not reused" in capsys.readouterr().err
     assert cell_status(results / cfg.key()) == "new"
+
+
+def test_a_log_with_a_non_utf8_byte_is_trimmed_with_a_warning_and_the_cell_resumes(finished, tmp_path, capsys):
+    cfg, done_cell = finished
+    cell = tmp_path / cfg.key()
+    shutil.copytree(done_cell, cell)
+    (cell / "metrics.json").unlink()  # killed after its last checkpoint, before the record
+    with (cell / "log.jsonl").open("ab") as handle:
+        handle.write(b'{"epoch": 1, "loss": "\xff\xfe"}\n')
+    metrics = run_cell(cfg, tmp_path, progress=False)
+    assert "1 unreadable line(s) dropped on resume" in capsys.readouterr().err
+    assert [json.loads(line)["epoch"] for line in (cell / "log.jsonl").read_text().splitlines()] == [0, 1]
+    assert metrics["evaluation"]["attacks"] == json.loads((done_cell / "metrics.json").read_text())["evaluation"]["attacks"]
