@@ -7,9 +7,11 @@ METHODS ?=
 IRS ?=
 SEEDS ?=
 DEVICES ?=
+EXECUTOR ?=
 RESULTS ?= results
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
-	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DEVICES),--devices $(DEVICES))
+	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DEVICES),--devices $(DEVICES)) \
+	$(if $(EXECUTOR),--executor $(EXECUTOR))
 
 .PHONY: setup bench report test gpu-check perf docs clean-venv
 
