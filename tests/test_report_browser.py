@@ -35,6 +35,9 @@ def page(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     for method in ("at", "taet", "trades"):
         make_cell(root / "results", method, 10, 0)
+    # the widest leaderboard: a preset, a test-selected tag, AutoAttack on a subset, both worst cases
+    make_cell(root / "results", "taet", 10, 0, preset="authors", test_split="longtail", subset_attack=True,
+              selection="test_best", flags=("pgd20 (0.400) above fgsm (0.380)",))
     index = build_report(root / "results", root / "reports")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -70,13 +73,54 @@ def test_clicking_a_header_re_sorts_the_leaderboard(page):
     assert tab.get_attribute(f"{board} thead tr:last-child th:has-text('Clean acc.')", "aria-sort") == "descending"
 
 
-def test_screenshot_is_a_real_rendering(page):
+OVERFLOW = """() => Array.from(document.querySelectorAll('table')).filter(t => t.offsetParent !== null).map(t => {
+    const wrap = t.closest('.table-wrap'), box = t.getBoundingClientRect();
+    return {id: t.id || t.className, right: Math.ceil(box.right),
+            scroll: wrap ? wrap.scrollWidth - wrap.clientWidth : 0};
+})"""
+
+
+def _overflowing(tab) -> list[dict]:
+    """Visible tables wider than the page or than their scroll box (which would need a sideways scroll)."""
+    width = tab.evaluate("document.documentElement.clientWidth")
+    return [t for t in tab.evaluate(OVERFLOW) if t["right"] > width or t["scroll"] > 0]
+
+
+def test_no_table_overflows_1280px_on_the_index_or_a_cell_page_and_both_are_screenshot(page):
     tab, root = page
-    shot = root / "report.png"
-    tab.screenshot(path=str(shot), full_page=True)
-    pixels = _image(shot)
-    height, width, _ = pixels.shape
-    assert width >= 1200 and height >= 1500  # the whole page: header, tables, figures
-    colours = np.unique(pixels.reshape(-1, 3)[::37], axis=0)
-    assert len(colours) > 50  # text, tables and figures, not one blank colour
-    assert tab.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert tab.evaluate("document.documentElement.clientWidth") == 1280
+    measured = {t["id"].split("-mnist5k")[0] for t in tab.evaluate(OVERFLOW)}
+    assert {"leaderboard", "per-class"} <= measured  # the check saw the tables
+    assert _overflowing(tab) == []
+    shots = {"index": root / "index.png"}
+    tab.screenshot(path=str(shots["index"]), full_page=True)
+    cell_page = sorted((root / "reports" / "cells").glob("*.html"))[0]
+    tab.goto(cell_page.as_uri())
+    assert len(tab.evaluate(OVERFLOW)) >= 4  # audit, per-class, confusion, attacks, cost
+    assert _overflowing(tab) == []
+    shots["cell"] = root / "cell.png"
+    tab.screenshot(path=str(shots["cell"]), full_page=True)
+    for name, shot in shots.items():
+        pixels = _image(shot)
+        height, width, _ = pixels.shape
+        assert width == 1280 and height >= 1200, name  # the whole page: header, tables, figures
+        colours = np.unique(pixels.reshape(-1, 3)[::37], axis=0)
+        assert len(colours) > 50, name  # text, tables and figures, not one blank colour
+        assert tab.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    tab.go_back()
+
+
+def test_show_all_columns_reveals_the_paired_tests_and_keeps_the_header_spans_right(page):
+    tab, _ = page
+    board = f'table[id="{tab.eval_on_selector("table[id^=leaderboard-]", "t => t.id")}"]'  # the first one
+    hidden = tab.eval_on_selector_all(f"{board} thead tr:last-child th", "hs => hs.filter(h => !h.offsetParent).map(h => h.textContent.trim())")
+    assert any(h.startswith("p vs above") for h in hidden) and any(h.startswith("Train time") for h in hidden)
+    spans = "t => Array.from(t.tHead.rows[0].cells).filter(c => c.offsetParent).reduce((n, c) => n + c.colSpan, 0)"
+    shown = "t => Array.from(t.tHead.rows[1].cells).filter(c => c.offsetParent).length"
+    assert tab.eval_on_selector(board, spans) == tab.eval_on_selector(board, shown)
+    tab.click(".columns-toggle button >> nth=0")
+    assert tab.eval_on_selector_all(f"{board} thead tr:last-child th", "hs => hs.filter(h => !h.offsetParent).length") == 0
+    assert tab.eval_on_selector(board, spans) == tab.eval_on_selector(board, shown)
+    assert tab.inner_text(".columns-toggle button >> nth=0") == "Show fewer columns"
+    tab.click(".columns-toggle button >> nth=0")
+    assert _overflowing(tab) == []

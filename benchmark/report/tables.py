@@ -48,6 +48,7 @@ class Column:
     title: str = ""  # hover text of the header
     numeric: bool = True
     descending_first: bool = True  # first click on the header sorts high to low (False for ranks)
+    detail: bool = False  # hidden on the page until "show all columns" (so a table fits 1280 px); always exported
 
 
 @dataclass
@@ -89,6 +90,22 @@ class Table:
             else:
                 spans.append((col.group, 1))
         return spans
+
+    @property
+    def header_spans(self) -> list[tuple[str, int, int]]:
+        """``group_spans`` with the span each group has while detail columns are hidden: (label, all, shown)."""
+        spans: list[tuple[str, int, int]] = []
+        for col in self.columns:
+            shown = 0 if col.detail else 1
+            if spans and spans[-1][0] == col.group:
+                spans[-1] = (col.group, spans[-1][1] + 1, spans[-1][2] + shown)
+            else:
+                spans.append((col.group, 1, shown))
+        return spans
+
+    @property
+    def n_detail(self) -> int:
+        return sum(col.detail for col in self.columns)
 
     @property
     def has_groups(self) -> bool:
@@ -407,7 +424,8 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                Column("clean_acc", "Clean acc.", title="plain accuracy on clean test inputs (%)"),
                Column("balanced_acc", "Balanced acc.", title="mean clean recall over classes (%)")]
     columns += [Column(f"br_{a}", attack_label(a, labels), group="Balanced Robustness (%)",
-                       title=_attack_title(a, specs, labels, descriptions)) for a in attacks]
+                       title=_attack_title(a, specs, labels, descriptions),
+                       detail=str(specs.get(a, {}).get("kind", "")).startswith("torchattacks")) for a in attacks]
     columns += [Column("br_ci", "Worst case 95% CI", group="Balanced Robustness (%)", numeric=False,
                        title="95% Student-t interval over training seeds of BR under the worst case "
                              "(none with one seed)"),
@@ -428,6 +446,8 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                 Column("examples", "Examples", title="test examples evaluated"),
                 Column("hours", "Train time", title="training time per seed: GPU-hours on CUDA, else CPU-hours"),
                 Column("audit", "Audit", numeric=False, title="audit flags of the cells (see below the table)")]
+    for col in columns:  # on the page behind "show all columns", so the default view fits 1280 px
+        col.detail = col.detail or col.key.startswith("vs_") or col.key in ("examples", "hours")
     body = []
     for rank, row in enumerate(rows, 1):
         sub = cells[cells["setting"] == row.setting]
@@ -477,10 +497,16 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
                  title="\n".join(flags)),
         ]
         body.append(cells_row)
+    digits = {}
     for j, col in enumerate(columns):
         if col.numeric and col.key not in ("rank", "band", "seeds", "examples", "hours") and \
                 not col.key.startswith("vs_"):
-            set_precision(body, j)
+            digits[col.key] = set_precision(body, j)
+    ci = next(j for j, col in enumerate(columns) if col.key == "br_ci")
+    for row in body:  # the interval at its estimate's precision
+        if row[ci].interval is not None:
+            d = digits.get(f"br_{WORST_CASE}", 2)
+            row[ci].text = row[ci].value = f"{fmt(row[ci].interval[0], d)}–{fmt(row[ci].interval[1], d)}"
     notes = group_notes(store, group) + significance_notes(rows, tests)
     for row in rows:
         sub = cells[(cells["setting"] == row.setting)].drop_duplicates("cell_key")
@@ -604,7 +630,7 @@ def _interval_cell(values) -> Cell:
             if stats.n == 1 else "not evaluated"
         return Cell("—", None, title=why, export={"n seeds": stats.n or None})
     low, high = 100 * stats.interval[0], 100 * stats.interval[1]
-    return Cell(f"{low:.2f}–{high:.2f}", f"{low:.2f}–{high:.2f}",
+    return Cell(f"{low:.2f}–{high:.2f}", f"{low:.2f}–{high:.2f}", interval=(low, high),
                 title=f"95% Student-t interval over n = {stats.n} seeds ({stats.n - 1} degrees of freedom)",
                 export={"n seeds": stats.n, "interval": "Student-t 95% over seeds"})
 
