@@ -9,9 +9,19 @@ SEEDS ?=
 DEVICES ?=
 EXECUTOR ?=
 RESULTS ?= results
+# Profile overrides, passed to the CLI when set: make bench EPOCHS=1 EPS=8/255 DATA_ROOT=~/data DEVICE=cuda:1 AMP=bf16;
+# ARGS passes any other CLI flags as written (make bench ARGS="--force --quiet").
+EPOCHS ?=
+EPS ?=
+DATA_ROOT ?=
+DEVICE ?=
+AMP ?=
+ARGS ?=
 BENCH_ARGS = --profile $(PROFILE) --results $(RESULTS) $(if $(METHODS),--methods $(METHODS)) \
 	$(if $(IRS),--irs $(IRS)) $(if $(SEEDS),--seeds $(SEEDS)) $(if $(DEVICES),--devices $(DEVICES)) \
-	$(if $(EXECUTOR),--executor $(EXECUTOR))
+	$(if $(EXECUTOR),--executor $(EXECUTOR)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPS),--eps $(EPS)) $(if $(DATA_ROOT),--data-root $(DATA_ROOT)) \
+	$(if $(DEVICE),--device $(DEVICE)) $(if $(AMP),--amp $(AMP)) $(ARGS)
 
 .PHONY: setup bench report test gpu-check perf docs clean-venv
 
