@@ -149,3 +149,32 @@ def test_executor_ray_without_the_extra_is_one_line_and_exit_2(tmp_path, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "pip install 'tailrobust[ray]'" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_on_the_driver_cancels_the_running_cell_and_keeps_finished_ones(local_ray, tmp_path, capsys):
+    import _thread
+
+    finished, unfinished = _plans(methods=["at"], imbalance_ratios=[10]), _plans(methods=["taet"], imbalance_ratios=[10], epochs=6)
+    _quiet_grid(finished, tmp_path / "r")  # finished before the interrupted run
+    record = tmp_path / "r" / finished[0].key / "metrics.json"
+    before = record.stat().st_mtime_ns
+    cell_dir = tmp_path / "r" / unfinished[0].key
+
+    def interrupt_once_training():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (cell_dir / "log.jsonl").exists():
+            time.sleep(0.02)
+        _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_once_training, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        _quiet_grid(finished + unfinished, tmp_path / "r", RayExecutor(num_cpus=1, num_gpus=0))
+    assert stopped.value.code == 130
+    assert "cancelled 1 queued or running cell(s)" in capsys.readouterr().err
+    deadline = time.monotonic() + 20
+    while _ray_worker_pids(unfinished[0].key) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _ray_worker_pids(unfinished[0].key)  # the task's worker is gone
+    time.sleep(1.0)
+    assert not (cell_dir / "metrics.json").exists() and (cell_dir / "log.jsonl").read_text().count("\n") < 6
+    assert record.stat().st_mtime_ns == before
