@@ -220,3 +220,10 @@ def test_a_table_too_wide_for_one_column_is_emitted_as_table_star():
     assert r"\begin{table*}[t]" in wide and r"\end{table*}" in wide and "both columns" in wide
     narrow = to_latex(Table("narrow", "narrow", columns[:4], [r[:4] for r in rows], kind="compact"))
     assert r"\begin{table}[t]" in narrow and "one column" in narrow
+
+
+def test_naming_ignores_exactly_what_the_cell_key_leaves_out():
+    from benchmark import cell
+    from benchmark.report import naming
+
+    assert naming.LOCATION_FIELDS == cell.LOCATION_FIELDS and naming.AS_WRITTEN_FIELDS == cell.AS_WRITTEN_FIELDS

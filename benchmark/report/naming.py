@@ -14,8 +14,11 @@ import math
 import numbers
 from typing import Any
 
-from ..cell import AS_WRITTEN_FIELDS, LOCATION_FIELDS
-
+# What the cell key leaves out (benchmark.cell LOCATION_FIELDS and AS_WRITTEN_FIELDS: the report reads only the
+# store, so the names are repeated here and a test keeps them equal), plus the seed and the method label itself.
+LOCATION_FIELDS = ("data_root", "download", "device")
+AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
+                     "select_from")
 IGNORED = set(LOCATION_FIELDS) | set(AS_WRITTEN_FIELDS) | {"seed", "method"}
 SYMBOLS = {"tau": "τ", "beta": "β", "alpha": "α", "gamma": "γ", "lambda": "λ", "lam": "λ", "kappa": "κ",
            "mu": "μ", "sigma": "σ", "rho": "ρ", "eps": "ε", "epsilon": "ε", "eps_value": "ε", "temperature": "T"}
