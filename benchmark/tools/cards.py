@@ -1,17 +1,20 @@
-"""Method cards: one Markdown page per registered method, generated from its docstring and registry entry.
+"""Method cards: one Markdown page per registered method, generated from its docstring and registry entry,
+and ``CITATIONS.md``: the papers to cite for the methods and attacks a study used.
 
-``python -m benchmark.tools.cards`` rewrites ``docs/methods/``; a test fails when a committed card no longer
-matches its method, so the docs cannot drift from the code.
+``python -m benchmark.tools.cards`` (``make docs``) rewrites ``docs/methods/``; a test fails when a committed
+file no longer matches the registries, so the docs cannot drift from the code.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import textwrap
 from pathlib import Path
 
 import yaml
 
+from attacks import attack_metadata, list_attacks
 from methods.base import get_method, list_methods
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "methods"
@@ -45,8 +48,55 @@ def render_index() -> str:
                       "| method | what it changes | paper |", "|---|---|---|", *rows]) + "\n"
 
 
+# The papers behind the attack kinds, by the library (or kind) their registration names; a new library
+# without an entry is listed as having no reference recorded, so the list stays honest.
+ATTACK_PAPERS = {
+    "pyautoattack": ("Croce, Hein, Reliable evaluation of adversarial robustness with an ensemble of diverse "
+                     "parameter-free attacks, ICML 2020, arXiv 2003.01690", "fra31/auto-attack"),
+    "torchattacks": ("Kim, Torchattacks: A PyTorch repository for adversarial attacks, arXiv 2010.01950",
+                     "Harry24k/adversarial-attacks-pytorch"),
+    "torchattacks_autoattack": ("Croce, Hein, ICML 2020, arXiv 2003.01690 (AutoAttack), as rebuilt by torchattacks: "
+                                "Kim, arXiv 2010.01950", "Harry24k/adversarial-attacks-pytorch"),
+    "fgsm": ("Goodfellow, Shlens, Szegedy, Explaining and harnessing adversarial examples, ICLR 2015, "
+             "arXiv 1412.6572", None),
+    "pgd": ("Madry et al., Towards deep learning models resistant to adversarial attacks, ICLR 2018, "
+            "arXiv 1706.06083", None),
+}
+METRIC_PAPER = ("Balanced Robustness (the leaderboards' ranking metric): Wang Yu-Hang et al., TAET: Two-Stage "
+                "Adversarial Equalization Training on Long-Tailed Distributions, CVPR 2025, arXiv 2503.01924")
+
+
+def _linked(paper: str) -> str:
+    """A paper string with its arXiv id linked."""
+    return re.sub(r"arXiv (\d{4}\.\d{4,5})", r"[arXiv \1](https://arxiv.org/abs/\1)", paper)
+
+
+def _code(repo: str | None) -> str:
+    return f"[`{repo}`](https://github.com/{repo})" if repo and "/" in repo else (repo or "")
+
+
+def render_citations() -> str:
+    """Who to cite, from the registries: every method's paper and code, every attack kind's paper."""
+    lines = ["# Cite the papers of the methods you use", "",
+             "Generated from the method and attack registries by `python -m benchmark.tools.cards` (`make docs`); "
+             "do not edit by hand. A study that reports a method or an attack from this harness should cite its "
+             "paper, as listed here, beside the harness itself (`CITATION.cff`).", "",
+             "## Methods", "", "| method | paper | authors' code |", "|---|---|---|"]
+    lines += [f"| [`{n}`]({n}.md) | {_linked(get_method(n).paper or 'no paper recorded')} | "
+              f"{_code(get_method(n).code)} |" for n in list_methods()]
+    lines += ["", "## Attacks", "", "| attack kind | what it is | paper | code |", "|---|---|---|---|"]
+    for kind in list_attacks():
+        meta = attack_metadata(kind)
+        library = str(meta.get("library", ""))
+        paper, repo = ATTACK_PAPERS.get(kind) or ATTACK_PAPERS.get(library) or ("no reference recorded", None)
+        lines.append(f"| `{kind}` | {meta.get('title', '')} | {_linked(paper)} | {_code(repo)} |")
+    lines += ["", "## Metric", "", f"- {_linked(METRIC_PAPER)}"]
+    return "\n".join(lines) + "\n"
+
+
 def expected_files() -> dict[str, str]:
-    return {"README.md": render_index(), **{f"{n}.md": render_card(n) for n in list_methods()}}
+    return {"README.md": render_index(), "CITATIONS.md": render_citations(),
+            **{f"{n}.md": render_card(n) for n in list_methods()}}
 
 
 def main(argv: list[str] | None = None) -> int:
