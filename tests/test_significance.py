@@ -208,13 +208,14 @@ def test_leaderboard_bands_tie_the_twin_and_separate_the_weak(built):
 def test_leaderboard_shows_intervals_over_seeds_and_the_legend(built):
     tab = table(built["html"], BOARD)
     strong, weak = tab["rows"][0], tab["rows"][2]  # 60% and 20% of every class in both seeds: std 0
-    assert strong[column(tab, "Worst case")]["text"] == "60.00 ± 0.00"
-    assert strong[column(tab, "Worst case 95% CI")]["text"] == "60.00–60.00"
-    assert weak[column(tab, "Worst case 95% CI")]["text"] == "20.00–20.00"
+    # 1,000 test examples per cell: one decimal (benchmark/report/precision.py), the interval too
+    assert strong[column(tab, "Worst case")]["text"] == "60.0 ± 0.0"
+    assert strong[column(tab, "Worst case 95% CI")]["text"] == "60.0–60.0"
+    assert weak[column(tab, "Worst case 95% CI")]["text"] == "20.0–20.0"
     twin = [100 * c[1].mean() for c in built["counts"].values()]
     stats = sig.seed_stats(twin)
     assert tab["rows"][1][column(tab, "Worst case 95% CI")]["text"] == \
-        f"{stats.interval[0]:.2f}–{stats.interval[1]:.2f}"
+        f"{stats.interval[0]:.1f}–{stats.interval[1]:.1f}"
     section = built["html"].split(f'id="{BOARD}"')[1].split("<h3>")[0]
     assert "Band: a row shares the band of the row above" in section and "exact two-sided McNemar" in section
     assert "Student-t interval over training seeds" in section and "test-set sampling" in section
