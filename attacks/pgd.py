@@ -62,17 +62,45 @@ def frozen_parameters(model: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def random_start(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+class ExampleSeeds:
+    """Random starts drawn per example: example ``i``'s noise comes from its own generator, seeded by the
+    attack seed and the example's index in the evaluated set, so a number never depends on how the
+    examples were batched (an evaluation at batch 64 and at batch 2,000 attacks from the same points).
+    Pass it where a ``torch.Generator`` goes; ``ids`` are the batch's example indices."""
+
+    def __init__(self, seed: int, ids: torch.Tensor | list[int]):
+        self.seed = int(seed)
+        self.ids = [int(i) for i in ids]
+
+    def draw(self, shape: torch.Size, normal: bool) -> torch.Tensor:
+        if len(self.ids) != shape[0]:
+            raise ValueError(f"{len(self.ids)} example seeds for a batch of {shape[0]}")
+        out = torch.empty(shape)
+        for row, index in enumerate(self.ids):
+            # the CPU generator keeps 32 bits of a seed: distinct for every (seed, index < 1,000,003)
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**32)
+            out[row] = torch.randn(shape[1:], generator=g) if normal else torch.rand(shape[1:], generator=g)
+        return out
+
+
+def _noise(x: torch.Tensor, generator, normal: bool) -> torch.Tensor:
+    if isinstance(generator, ExampleSeeds):
+        return generator.draw(x.shape, normal).to(x.device)
+    draw = torch.randn if normal else torch.rand
+    return draw(x.shape, generator=generator, device="cpu" if generator is not None else x.device).to(x.device)
+
+
+def random_start(x: torch.Tensor, eps: float, kind: str, generator: torch.Generator | ExampleSeeds | None = None
+                 ) -> torch.Tensor:
     """Initial point of PGD: x itself, x + U[-ε, ε] (Madry), x + ε·U[0, 1) (RoBal's code) or
-    x + 0.001·N(0, 1) (TRADES/AT-BSL code)."""
+    x + 0.001·N(0, 1) (TRADES/AT-BSL code). ``generator`` may be :class:`ExampleSeeds` (per-example draws)."""
     if kind == "none":
         return x.clone()
     if kind in ("uniform", "uniform_one_sided"):
-        noise = torch.rand(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
-        noise = noise.to(x.device) * eps if kind == "uniform_one_sided" else (noise.to(x.device) * 2 - 1) * eps
+        noise = _noise(x, generator, normal=False)
+        noise = noise * eps if kind == "uniform_one_sided" else (noise * 2 - 1) * eps
     elif kind == "normal":
-        noise = torch.randn(x.shape, generator=generator, device="cpu" if generator is not None else x.device)
-        noise = noise.to(x.device) * 0.001
+        noise = _noise(x, generator, normal=True) * 0.001
     else:
         raise ValueError(f"unknown PGD start {kind!r}; choose one of {', '.join(STARTS)}")
     return (x + noise).clamp(0.0, 1.0)
@@ -135,14 +163,14 @@ def _pgd_label(spec) -> str:
 
 
 @register_attack("fgsm", family="gradient", iterative=False, library="own", title="our FGSM, one step of ε",
-                 label=lambda spec: "FGSM", name=lambda spec: "fgsm")
+                 label=lambda spec: "FGSM", name=lambda spec: "fgsm", batch_invariant=True)
 def _run_fgsm(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
     return LibraryResult(fgsm(model, x, y, spec.eps), None)
 
 
 @register_attack("pgd", family="gradient", iterative=True, library="own", title="our L∞ PGD",
                  takes=("steps", "step_size", "start", "loss"), objectives=LOSSES, label=_pgd_label,
-                 name=lambda spec: f"{LOSSES[spec.loss][3]}{spec.steps}")
+                 name=lambda spec: f"{LOSSES[spec.loss][3]}{spec.steps}", batch_invariant=True)
 def _run_pgd(spec, model, x, y, generator=None, num_classes=None, seed=0) -> LibraryResult:
     return LibraryResult(pgd(model, x, y, spec.eps, spec.steps, spec.step_size, start=spec.start,
                              loss_fn=spec.loss_fn(), generator=generator), None)

@@ -45,7 +45,7 @@ def register_attack(kind: str, runner: Callable | None = None, *, family: str, i
                     label: Callable[["AttackSpec"], str], name: Callable[["AttackSpec"], str],
                     takes: tuple[str, ...] = (), objectives: Mapping[str, tuple] | None = None,
                     check: Callable[["AttackSpec"], dict] | None = None, parameter_free: bool = False,
-                    cross_check_of: str | None = None, **metadata):
+                    cross_check_of: str | None = None, batch_invariant: bool = False, **metadata):
     """Register ``runner(spec, model, x, y, generator, num_classes, seed) -> LibraryResult`` as attack ``kind``
     (without ``runner``: a decorator that does).
 
@@ -55,11 +55,14 @@ def register_attack(kind: str, runner: Callable | None = None, *, family: str, i
     "start", "version", "loss"); ``objectives`` maps each PGD objective it accepts to (loss_fn, parameter keyword,
     default parameter, name prefix); ``check(spec)`` validates a spec of this kind and returns fields to fill in;
     ``parameter_free``: step size and start are the library's own (a profile's are ignored).
+    ``batch_invariant``: its random starts are drawn per example (``attacks.pgd.ExampleSeeds``), so its
+    predictions do not depend on the evaluation batch size, which then stays out of its evaluation key.
     """
     objectives = dict(objectives or {"ce": None})
     return _ATTACKS.register(kind, runner, family=family, iterative=iterative, library=library, title=title, label=label,
                              name=name, takes=tuple(takes), objectives=objectives, check=check,
-                             parameter_free=parameter_free, cross_check_of=cross_check_of, **metadata)
+                             parameter_free=parameter_free, cross_check_of=cross_check_of,
+                             batch_invariant=batch_invariant, **metadata)
 
 
 def list_attacks(pattern: str | None = None, **metadata) -> list[str]:
@@ -203,6 +206,17 @@ class AttackSpec:
     def to_dict(self) -> dict:
         """The spec's fields (what a cell key hashes and a record stores; label and description are derived)."""
         return asdict(self)
+
+    def evaluation_key(self, seed: int, batch_size: int) -> str:
+        """What one evaluation of this attack on a cell's evaluation subset is keyed by: its spec and seed, and
+        the batch size only for an attack whose random draws depend on batching (``batch_invariant`` False)."""
+        import hashlib
+        import json
+
+        fields = {"spec": self.to_dict(), "seed": int(seed)}
+        if not self.metadata.get("batch_invariant"):
+            fields["batch_size"] = int(batch_size)
+        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 _STARTS = {"none": "no random start", "uniform": "uniform random start", "uniform_one_sided": "one-sided uniform start",

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again (their files are moved "
                    "aside); without it a failed cell is skipped and reported")
     p.add_argument("--dry-run", action="store_true", help="list the cells and their status, run nothing")
+    p.add_argument("--evaluate-only", action="store_true", help="train nothing: run the attacks that finished "
+                   "cells lack (an attack added to the profile); unfinished cells are listed and skipped")
     p.add_argument("--no-wait-locked", action="store_true", help="do not wait at the end for cells that another "
                    "run holds locked: list them and exit 3")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
@@ -78,7 +80,6 @@ def _run(args) -> int:
     from .console import format_failed_summary
     from .executors import is_failed, make_executor, resolve_device, run_grid
     from .runner import check_grid_data
-    from .cell import cell_status
 
     if args.list_methods:
         for line in describe_methods():
@@ -99,8 +100,10 @@ def _run(args) -> int:
         raise UsageError(f"results {args.results}: a URL needs --executor ray or slurm (the local executors write "
                          "to a folder)")
     if args.dry_run:
+        from .runner import plan_status
+
         for cfg in cells:
-            print(f"{cell_status(Path(args.results) / cfg.key()):<10} {cfg.key()}")
+            print(f"{plan_status(cfg.resolve(), Path(args.results)):<10} {cfg.key()}")
         return 0
     if args.devices and args.device:
         raise UsageError("give either --device (one device for every cell) or --devices (one cell per device)")
@@ -109,6 +112,10 @@ def _run(args) -> int:
         check_device_present(name)  # before any folder exists: `--device cuda` without a GPU is one line
     check_results_folder(Path(args.results))
     plans = [cfg.resolve(device) for cfg in cells]
+    if args.evaluate_only:
+        plans = evaluable_only(plans, Path(args.results))
+        if not plans:
+            return 0
     check_grid_data(plans, Path(args.results), retry_failed=args.retry_failed, force=args.force)
     note_other_versions(Path(args.results), plans)
     out = run_grid(plans, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
@@ -155,6 +162,21 @@ def _run_cluster(args, cells, cluster, device: str) -> int:
         print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def evaluable_only(plans, results: Path) -> list:
+    """--evaluate-only: the plans of finished cells that lack an attack; a line for the rest."""
+    from .runner import plan_status
+
+    statuses = {p.key: plan_status(p, results) for p in plans}
+    untrained = [p.key for p in plans if statuses[p.key] not in ("done", "evaluate")]
+    todo = [p for p in plans if statuses[p.key] == "evaluate"]
+    done = sum(1 for s in statuses.values() if s == "done")
+    print(f"--evaluate-only: {len(todo)} cell(s) to evaluate, {done} already evaluated under every attack, "
+          f"{len(untrained)} not trained (skipped; run without --evaluate-only to train them)"
+          + (f": {', '.join(untrained[:5])}" + (" ..." if len(untrained) > 5 else "") if untrained else ""),
+          flush=True)
+    return todo
 
 
 def note_other_versions(results: Path, plans) -> None:

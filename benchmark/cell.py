@@ -7,7 +7,9 @@ finished, ``predictions.npz`` and ``metrics.json``: a :class:`CellRecord` that t
 ``superseded/<time>/``.
 
 Identity: the cell key is ``<dataset>-ir<IR>-<method>-<model>-s<seed>-<digest>``, the digest hashing the
-resolved config without locations and the as-written forms that the resolved config spells out, together
+resolved config without locations, the as-written forms that the resolved config spells out and the
+evaluation attacks (each keyed on its own, :data:`EVALUATION_FIELDS`: a cell is one trained model, evaluated
+on one evaluation subset by every attack asked of it so far), together
 with the harness's result-affecting version (:data:`HARNESS_VERSION`: record schema and package version),
 so a cell made by another version is never counted as done (:func:`cell_key`, what ``Config.key()``
 computes). Every file a cell resumes from (checkpoint, best model, evaluation progress) carries the key
@@ -48,6 +50,10 @@ SUPERSEDED_DIR = "superseded"
 LOCATION_FIELDS = ("data_root", "download", "device")
 AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
                      "select_from")
+# What the cell key leaves out because it is keyed per attack instead (``AttackSpec.evaluation_key``): the
+# evaluation attacks, and the evaluation batch size, which changes no number of a batch-invariant attack and
+# is in the evaluation key of the others. Adding or changing an attack evaluates the trained model again.
+EVALUATION_FIELDS = ("eval_attack_specs", "eval_batch_size")
 
 Status = Literal["done", "failed", "resumable", "new"]
 
@@ -150,7 +156,8 @@ def write_failure(cell_dir: Path, *, stage: str, cause: str, epoch: int | None =
 
 
 def _identity(resolved: dict, drop: tuple[str, ...] = ()) -> dict:
-    semantic = {k: v for k, v in resolved.items() if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS + drop}
+    semantic = {k: v for k, v in resolved.items()
+                if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS + EVALUATION_FIELDS + drop}
     if resolved.get("selection") != "val_best":  # the validation split is carved only for val_best
         semantic.pop("val_fraction", None)
     semantic["harness_version"] = HARNESS_VERSION

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
+from attacks.pgd import ExampleSeeds
 from .data.loader import stratified_subset, to_float
 from .atomic import save_npz_atomic
 from .cell import ownership_problem
@@ -61,13 +62,18 @@ def _load_progress(path: Path | None, attack: AttackSpec, n: int, owner: dict | 
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None,
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
             desc: str | None = None, num_classes: int | None = None, seed: int = 0,
-            progress_path: Path | None = None, owner: dict | None = None) -> tuple[np.ndarray, dict]:
+            progress_path: Path | None = None, owner: dict | None = None,
+            example_ids: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
     """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers.
 
     With ``progress_path`` the predictions so far (and the random generator's state) are saved after
     every batch, and a re-started call continues where the interrupted one stopped: a long AutoAttack
     evaluation loses at most one batch. ``owner`` (cell key and config hash) is stored with them and
     checked on resume, so progress copied from another cell is never continued.
+
+    An attack registered ``batch_invariant`` draws each example's random start from its own generator,
+    seeded by ``seed`` and the example's index (``example_ids``, default 0..n-1: pass the indices in the
+    full evaluated set when x is a subset of it), so the batch size never changes a prediction.
     """
     n = len(x)
     preds = np.full(n, -1, dtype=np.int64)
@@ -88,7 +94,11 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
         xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
         yb = y[start:start + batch_size].to(device)
         if attack is not None:
-            result = run_attack_reported(attack, model, xb, yb, generator, num_classes, seed)
+            draws = generator
+            if attack.metadata.get("batch_invariant"):
+                ids = example_ids[start:start + len(yb)] if example_ids is not None else range(start, start + len(yb))
+                draws = ExampleSeeds(seed, ids)
+            result = run_attack_reported(attack, model, xb, yb, draws, num_classes, seed)
             x_adv = result.x_adv
             meta["max_linf"] = max(meta["max_linf"], float((x_adv - xb).abs().max()))
             meta["min_pixel"] = min(meta["min_pixel"], float(x_adv.min()))
@@ -170,7 +180,7 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         path = None if progress_dir is None or attack is None else Path(progress_dir) / f"{name}.npz"
         pred, sanity = predict(model, x[t], y[t], attack, batch_size, device, generator,
                                desc=f"eval {name}" if progress else None, num_classes=num_classes, seed=seed,
-                               progress_path=path, owner=owner)
+                               progress_path=path, owner=owner, example_ids=t)
         full = np.full(len(y), -1, dtype=np.int64)
         full[idx] = pred
         predictions[name] = full
@@ -181,5 +191,13 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         records[name]["forward_calls_in_train_mode"] = train_mode_calls[0] - calls_before
         if attack is not None:
             records[name]["seed"] = seed
+            records[name]["eval_key"] = attack.evaluation_key(seed, batch_size)
+            records[name]["batch_invariant"] = bool(attack.metadata.get("batch_invariant"))
         if attack is not None and sanity["max_linf"] > attack.eps + 1e-5:
             raise RuntimeError(f"attack {name} left the ε-ball: max L∞ {sanity['max_linf']:.6f} > ε {attack.eps:.6f}")
+
+
+if __name__ == "__main__":  # python -m benchmark.evaluate: a checkpoint trained elsewhere (benchmark.evaluate_external)
+    from benchmark.evaluate_external import main
+
+    sys.exit(main())

@@ -20,7 +20,7 @@ from .errors import UsageError
 from .plan import Plan
 from .cell import cell_status
 from .cell_lock import describe as describe_owner, is_stale, read_owner, stale_after_default
-from .runner import is_locked, run_cell
+from .runner import is_locked, plan_status, run_cell
 
 Report = Callable[[dict], None]
 
@@ -74,7 +74,8 @@ def _verb(status: str, force: bool, retry_failed: bool = False) -> str:
         return "re-run (--force)"
     if status == "failed":
         return "retry (--retry-failed)" if retry_failed else "skip (failed; --retry-failed runs it again)"
-    return {"done": "skip (finished)", "resumable": "resume", "new": "run"}[status]
+    return {"done": "skip (finished)", "resumable": "resume", "new": "run",
+            "evaluate": "evaluate (attacks added; no training)"}[status]
 
 
 def is_failed(metrics: dict) -> bool:
@@ -89,7 +90,7 @@ class LocalExecutor:
             report: Report, retry_failed: bool = False) -> list[dict]:
         tracker, out = GridProgress(cells, results_dir), []
         for i, cfg in enumerate(cells, 1):
-            status = cell_status(Path(results_dir) / cfg.key)
+            status = plan_status(cfg, Path(results_dir))
             print(tracker.line(i, _verb(status, force, retry_failed), cfg), flush=True)
             metrics = run_cell(cfg, results_dir, force=force, progress=progress, retry_failed=retry_failed)
             if not is_locked(metrics):
@@ -136,7 +137,7 @@ class DeviceExecutor:
             while queue or running:
                 while queue and free:
                     i, cfg = queue.pop(0)
-                    status = cell_status(Path(results_dir) / cfg.key)
+                    status = plan_status(cfg, Path(results_dir))
                     device = free.pop(0)
                     print(tracker.line(i, _verb(status, force, retry_failed), cfg, f" on {device}"), flush=True)
                     future = pool.submit(_run_on_device, cfg, device, str(results_dir), force, retry_failed)

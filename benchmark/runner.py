@@ -76,7 +76,7 @@ def check_grid_data(plans: list[Plan], results_dir: Path, retry_failed: bool = F
     at least one batch (one load per distinct data setting)."""
     seen = set()
     for plan in plans:
-        status = cell_status(Path(results_dir) / plan.key)
+        status = plan_status(plan, results_dir)
         if not force and (status == "done" or (status == "failed" and not retry_failed)):
             continue
         ident = _data_identity(plan)
@@ -156,13 +156,14 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
     """Train (or resume) and evaluate one cell, a ``Plan`` or a ``Config`` (resolved here, once, for the
     device it names); return its metrics (read back if already finished), or its ``failed`` record (status
     "failed", with the stage, epoch, step and cause) when training or evaluation went wrong. A failed
-    cell runs again only with ``retry_failed`` (or ``force``).
+    cell runs again only with ``retry_failed`` (or ``force``). A finished cell that lacks one of the plan's
+    attacks is evaluated under it without training (:func:`evaluate_trained`).
 
     The cell is run under its lock (:class:`~benchmark.cell_lock.CellLock`): while another live process
     owns it, nothing is touched and ``{"status": "locked", "cell_key", "owner"}`` comes back."""
     plan = cell if isinstance(cell, Plan) else cell.resolve()
     cell_dir = Path(results_dir) / plan.key
-    status = cell_status(cell_dir)
+    status = plan_status(plan, results_dir)
     if status == "done" and not force:
         return read_record(cell_dir).to_json()
     if status == "failed" and not (force or retry_failed):
@@ -174,11 +175,13 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
         if lock.took_over:
             print(f"note: {cell_dir.name}: took over the stale lock of {describe_owner(lock.took_over)}",
                   file=sys.stderr, flush=True)
-        status = cell_status(cell_dir)  # again, under the lock: another process may have finished it meanwhile
+        status = plan_status(plan, results_dir)  # again, under the lock: another process may have finished it
         if status == "done" and not force:
             return read_record(cell_dir).to_json()
         if status == "failed" and not (force or retry_failed):
             return json.loads((cell_dir / METRICS_FILE).read_text())
+        if status == "evaluate" and not force:
+            return evaluate_trained(plan, data, cell_dir, progress)
         return _run_owned(plan, data, cell_dir, status, force, progress)
 
 
@@ -255,57 +258,156 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
     except ForeignCellFile as err:
         return _fail(cell_dir, plan, "resume", str(err), None, None)
 
+    return _evaluate_and_record(plan, data, cell_dir, method, model, device, cost, progress)
+
+
+def missing_attacks(plan: Plan, record: CellRecord) -> list:
+    """The plan's evaluation attacks that the cell's record has not evaluated under their evaluation key."""
+    records = record.attack_records
+    return [spec for spec in plan.eval_attacks
+            if records.get(spec.name, {}).get("eval_key") != spec.evaluation_key(plan.seed, plan.eval_batch_size)]
+
+
+def plan_status(plan: Plan, results_dir: Path) -> str:
+    """:func:`~benchmark.cell.cell_status`, and ``evaluate`` for a finished cell that the plan asks an attack of
+    that it has not run yet (the trained model is evaluated again; it is never retrained)."""
+    cell_dir = Path(results_dir) / plan.key
+    status = cell_status(cell_dir)
+    if status == "done" and missing_attacks(plan, read_record(cell_dir)):
+        return "evaluate"
+    return status
+
+
+def _previous_evaluation(cell_dir: Path, record: CellRecord, y_eval: np.ndarray) -> tuple[dict, dict, list]:
+    """A finished cell's predictions, attack records and specs, to be kept beside the attacks added now."""
+    from attacks import AttackSpec
+
+    with np.load(cell_dir / PREDICTIONS_FILE, allow_pickle=False) as stored:
+        if not np.array_equal(stored["y"], y_eval):
+            raise DataFault(f"{cell_dir / PREDICTIONS_FILE}: its examples are not this cell's evaluation subset")
+        predictions = {k[len("pred_"):]: stored[k] for k in stored.files if k.startswith("pred_")}
+    records = dict(record.attack_records)
+    specs = [AttackSpec(**r["spec"]) for name, r in records.items() if name != "clean" and r.get("spec")]
+    return predictions, records, specs
+
+
+def _evaluate_and_record(plan: Plan, data, cell_dir: Path, method, model, device: torch.device, cost: dict,
+                         progress: bool, previous: CellRecord | None = None) -> dict:
+    """Evaluate the trained model under the plan's attacks (with ``previous``: only those its record lacks,
+    keeping the others' predictions) and write the cell's record."""
     x_eval, y_eval, eval_idx = evaluation_subset(plan, data)
     started = time.perf_counter()
-    inference, attack_specs = InferenceModel(model, method), list(plan.eval_attacks)
+    inference = InferenceModel(model, method)
+    attack_specs = missing_attacks(plan, previous) if previous is not None else list(plan.eval_attacks)
+    added = [spec.name for spec in attack_specs]
     result = evaluate(inference, x_eval, y_eval, attack_specs, plan.eval_batch_size, device, seed=plan.seed,
                       progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR,
                       owner=_owner(plan))
-    audit = build_audit(y_eval.numpy(), result["predictions"], attack_specs, result["records"], data.num_classes,
+    predictions, records = result["predictions"], result["records"]
+    if previous is not None:  # the attacks evaluated before stay, except those evaluated again now
+        old_predictions, old_records, old_specs = _previous_evaluation(cell_dir, previous, y_eval.numpy())
+        again = {spec.name for spec in attack_specs}
+        changed = int((old_predictions["clean"] != predictions["clean"]).sum())
+        if changed:
+            print(f"warning: {cell_dir.name}: the re-loaded model's clean predictions differ from the recorded ones on "
+                  f"{changed} example(s) (another device or library?); the recorded ones are kept", file=sys.stderr)
+        predictions = {**{k: v for k, v in old_predictions.items() if k not in again}, **{
+            k: v for k, v in predictions.items() if k != "clean"}, "clean": old_predictions["clean"]}
+        records = {**{k: v for k, v in old_records.items() if k not in again},
+                   **{k: v for k, v in records.items() if k != "clean"}, "clean": old_records.get("clean", records["clean"])}
+        attack_specs = [s for s in old_specs if s.name not in again] + attack_specs
+    audit = build_audit(y_eval.numpy(), predictions, attack_specs, records, data.num_classes,
                         zero_gradient_fraction(inference, x_eval, y_eval, plan.eval_batch_size, device))
-    cost["eval_seconds"] = time.perf_counter() - started
-    cost["method_extra_parameters"] = int(getattr(method, "extra_parameters", 0))  # e.g. LAS-AT's policy network
-    if device.type == "cuda":
-        cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        cost["device_name"] = torch.cuda.get_device_name(device)
-    else:
-        cost["device_name"] = cpu_name()
-    cost["peak_rss_mb"] = peak_rss_mb()
-    cost["harness_commit"] = harness_commit()
-    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
-                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
-                    **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
-    broken = attack_above_clean(y_eval.numpy(), result["predictions"])
+    eval_seconds = time.perf_counter() - started
+    if previous is None:
+        cost["eval_seconds"] = eval_seconds
+        cost["method_extra_parameters"] = int(getattr(method, "extra_parameters", 0))  # e.g. LAS-AT's policy network
+        if device.type == "cuda":
+            cost["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+            cost["device_name"] = torch.cuda.get_device_name(device)
+        else:
+            cost["device_name"] = cpu_name()
+        cost["peak_rss_mb"] = peak_rss_mb()
+        cost["harness_commit"] = harness_commit()
+    else:  # the training's cost stays as it was measured; the evaluations added are listed with theirs
+        cost = {**previous.cost, "evaluations_added": [*previous.cost.get("evaluations_added", []), {
+            "attacks": added,
+            "seconds": eval_seconds, "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "harness_commit": harness_commit()}]}
+    broken = attack_above_clean(y_eval.numpy(), predictions)
+    steps = cost.get("steps")
     if broken:
-        return _fail(cell_dir, plan, "evaluation", broken, plan.epochs - 1, cost["steps"])
-    summary = summarize_evaluation(y_eval.numpy(), result["predictions"], data.num_classes, data.train_counts,
+        return _fail_evaluation(cell_dir, plan, broken, steps, y_eval, eval_idx, predictions, previous)
+    summary = summarize_evaluation(y_eval.numpy(), predictions, data.num_classes, data.train_counts,
                                    outside_worst_case=outside_worst_case(attack_specs, plan.eps))
     bad_number = non_finite_path(summary, "evaluation")
     if bad_number:
-        return _fail(cell_dir, plan, "evaluation", f"non-finite number at {bad_number}", plan.epochs - 1, cost["steps"])
+        return _fail_evaluation(cell_dir, plan, f"non-finite number at {bad_number}", steps, y_eval, eval_idx,
+                                predictions, previous)
+    order = ["clean", *[s.name for s in plan.eval_attacks], *[s.name for s in attack_specs]]
+    records = {name: records[name] for name in dict.fromkeys(order) if name in records}
     record = CellRecord(
         cell_key=cell_dir.name,
         config_hash=config_hash(plan.resolved),
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        method={"name": method.name, "preset": cfg.method_preset, "hparams": method.hparams},
-        data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": cfg.imbalance_ratio,
-              "subset_seed": cfg.subset_seed, "train_counts": data.train_counts,
+        method={"name": method.name, "preset": plan.method_preset, "hparams": method.hparams},
+        data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": plan.imbalance_ratio,
+              "subset_seed": plan.subset_seed, "train_counts": data.train_counts,
               "train_size": int(sum(data.train_counts)),
-              "test_split": "natural" if is_naturally_imbalanced(data.name) else cfg.test_split,
+              "test_split": "natural" if is_naturally_imbalanced(data.name) else plan.test_split,
               "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
               "eval_examples": int(len(y_eval)),
-              "eval_subset": "all" if eval_idx is None else f"{cfg.eval_per_class} per class, seed 0"},
-        seeds={"training": cfg.seed, "subset": cfg.subset_seed, "eval_attack_start": cfg.seed},
-        evaluation={**summary, "attack_records": result["records"]},
-        model_selection=cost.pop("model_selection"),
-        method_diagnostics=cost.pop("method_diagnostics", None) or None,  # TAET: its plateau
+              "eval_subset": "all" if eval_idx is None else f"{plan.eval_per_class} per class, seed 0"},
+        seeds={"training": plan.seed, "subset": plan.subset_seed, "eval_attack_start": plan.seed},
+        evaluation={**summary, "attack_records": records},
+        model_selection=cost.pop("model_selection") if previous is None else previous.model_selection,
+        method_diagnostics=(cost.pop("method_diagnostics", None) or None) if previous is None
+        else previous.method_diagnostics,  # TAET: its plateau
         audit=audit,
         cost=cost,
         config=plan.record(),
         versions=package_versions(),
     )
+    if previous is not None:  # the record it replaces is kept, never overwritten
+        moved = set_aside(cell_dir, only=(METRICS_FILE, PREDICTIONS_FILE, CONFIG_FILE))
+        write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(plan.record(), sort_keys=False))
+        print(f"{cell_dir.name}: evaluated {', '.join(cost['evaluations_added'][-1]['attacks'])} on the trained model "
+              f"(no training); the previous record is in {moved}", file=sys.stderr, flush=True)
+    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
+                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
+                    **{f"pred_{name}": pred for name, pred in predictions.items()})
     # tidy before the record: a finished cell is never touched again, and a crash here only costs a re-evaluation
     shutil.rmtree(cell_dir / EVAL_PROGRESS_DIR, ignore_errors=True)  # partial attack results, now in predictions.npz
     (cell_dir / PREVIOUS_CHECKPOINT_FILE).unlink(missing_ok=True)  # the final checkpoint stays; its fallback is done
     write_record(cell_dir, record)
     return record.to_json()
+
+
+def _fail_evaluation(cell_dir, plan, cause, steps, y_eval, eval_idx, predictions, previous) -> dict:
+    """A broken evaluation: a first one fails the cell; one added to a finished cell leaves its record as it was."""
+    if previous is not None:
+        print(f"FAILED {cell_dir.name}: added evaluation: {cause}; the finished record is unchanged",
+              file=sys.stderr, flush=True)
+        return {"status": "failed", "cell_key": cell_dir.name, "config": plan.record(),
+                "failure": {"stage": "evaluation", "epoch": None, "step": None, "cause": cause}}
+    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
+                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
+                    **{f"pred_{name}": pred for name, pred in predictions.items()})
+    return _fail(cell_dir, plan, "evaluation", cause, plan.epochs - 1, steps)
+
+
+def evaluate_trained(plan: Plan, data, cell_dir: Path, progress: bool) -> dict:
+    """Run the plan's attacks that a finished cell lacks on its trained model: the model is loaded from the
+    final checkpoint (and the selected epoch's weights), never trained."""
+    previous = read_record(cell_dir)
+    device = pick_device(plan.device)
+    seed_everything(plan.seed)
+    method = create_method(plan.method, **plan.method_args)
+    model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
+    try:
+        cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir), progress=False)
+    except ForeignCellFile as err:
+        return _fail(cell_dir, plan, "resume", str(err), None, None)
+    if cost["resumed_from_epoch"] != plan.epochs:
+        raise RuntimeError(f"{cell_dir.name}: its checkpoint is not of the last epoch; cannot evaluate without training")
+    return _evaluate_and_record(plan, data, cell_dir, method, model, device, cost, progress, previous=previous)
