@@ -227,3 +227,21 @@ def test_naming_ignores_exactly_what_the_cell_key_leaves_out():
     from benchmark.report import naming
 
     assert naming.LOCATION_FIELDS == cell.LOCATION_FIELDS and naming.AS_WRITTEN_FIELDS == cell.AS_WRITTEN_FIELDS
+
+
+def test_many_classes_the_page_shows_the_tail_most_and_the_rest_behind_show_all(tmp_path, monkeypatch):
+    from benchmark.report import tables
+
+    monkeypatch.setattr(tables, "PAGE_CLASSES_MAX", 4)  # as 10 of CIFAR-100's 100 classes
+    for method in ("at", "taet", "trades"):
+        make_cell(tmp_path / "results", method, 10, 0)
+    html = build_report(tmp_path / "results", tmp_path / "reports").read_text()
+    tab = table(html, "per-class-")
+    heads = tab["head"][-1][3:]
+    shown = [h["text"] for h in heads if "detail" not in h["attrs"].get("class", "")]
+    assert shown == ["6", "7", "8", "9"] * 2  # fewest training images: the last classes of the long tail
+    assert all("detail" in r[j + 3]["attrs"]["class"] for r in tab["rows"] for j, h in enumerate(heads)
+               if h["text"] not in shown)
+    assert "Show all 23 columns (12 more: the classes with more training images)" in html
+    export = (tmp_path / "reports" / "tables" / "per-class-mnist5k-ir10-Linf-eps0.1-balanced-pgd20.csv").read_text()
+    assert "Clean 0," in export  # the exports keep every class

@@ -36,6 +36,7 @@ GROUP_KEYS = ["dataset", "imbalance_ratio", "norm", "eps", "test_split"]
 SUMMARIES = (WORST_CASE_ALL_EXAMPLES, WORST_CASE)  # derived from the attacks, listed after them
 NORM_LABELS = {"Linf": "L∞", "L2": "L2", "L1": "L1"}
 PAIRED_GROUP = "Paired tests (worst case)"  # header above the columns comparing a row with others
+PAGE_CLASSES_MAX = 10  # class columns a per-class table shows on the page before "show all columns"
 
 
 # ----------------------------------------------------------------------------- the model
@@ -79,6 +80,7 @@ class Table:
     notes: list[str] = field(default_factory=list)
     sortable: bool = False
     kind: str = "measured"  # "measured" or "paper" (a reference, never ranked with measured rows)
+    detail_note: str = ""  # what the page's "show all columns" adds (the columns marked detail)
 
     @property
     def group_spans(self) -> list[tuple[str, int]]:
@@ -512,7 +514,8 @@ def leaderboard(store: ResultStore, group: Group, cell_pages: dict[str, str]) ->
         sub = cells[(cells["setting"] == row.setting)].drop_duplicates("cell_key")
         notes += [f"{row.label} (seed {seed}): audit flag: {flag}"
                   for seed, fl in zip(sub["seed"], sub["flags"]) for flag in fl]
-    return Table(f"leaderboard-{group.slug}", group.title, columns, body, notes, sortable=True)
+    return Table(f"leaderboard-{group.slug}", group.title, columns, body, notes, sortable=True,
+                 detail_note="paired tests, cross-checks, cost")
 
 
 def _class_support(store: ResultStore, attack_rows: pd.DataFrame, attack: str, which: str) -> list[float]:
@@ -713,7 +716,11 @@ def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_o
                                   if attack else [])
     columns = [Column("method", "Method", numeric=False), Column("model", "Model", numeric=False),
                Column("seeds", "Seeds")]
-    columns += [Column(f"{a}_{c}", name, group=label) for a, label in parts for c, name in classes]
+    # many classes: the page shows the tail-most PAGE_CLASSES_MAX until "show all columns" (exports: all)
+    ranked = sorted((c for c, _ in classes), key=lambda c: _train_rank(frame, c))
+    shown = set(ranked[-PAGE_CLASSES_MAX:])
+    columns += [Column(f"{a}_{c}", name, group=label, detail=c not in shown)
+                for a, label in parts for c, name in classes]
     body = []
     for row in rows:
         sub = frame[frame["setting"] == row.setting]
@@ -734,9 +741,19 @@ def per_class_table(store: ResultStore, group: Group, attack: str | None, tail_o
         notes.append("No attack was evaluated in this group: clean recall only.")
     elif not (frame["attack"] == attack).any():
         notes.append(f"Attack {attack!r} was not evaluated in this group.")
+    if len(shown) < len(classes):
+        notes.append(f"The page shows the {len(shown)} classes with the fewest training images; "
+                     f"'Show all columns' adds the other {len(classes) - len(shown)} (the exports have all).")
     suffix = f"-{part}" if part else "-tail" if tail_only else ""
     title = f"Per-class recall{f' ({part} classes)' if part else ''} · {group.title}"
-    return Table(f"per-class-{group.slug}-{slugify(attack or 'clean')}{suffix}", title, columns, body, notes)
+    return Table(f"per-class-{group.slug}-{slugify(attack or 'clean')}{suffix}", title, columns, body, notes,
+                 detail_note="the classes with more training images")
+
+
+def _train_rank(frame: pd.DataFrame, class_index: int) -> tuple:
+    """Sort key: most training images first (ties by index), from the group's class rows."""
+    counts = frame.loc[frame["class_index"] == class_index, "train_count"]
+    return (-(float(counts.iloc[0]) if len(counts) else 0.0), class_index)
 
 
 def _recall_cell(sub: pd.DataFrame, class_name: str) -> Cell:
