@@ -29,7 +29,8 @@ class Progress(GridProgress):
     def status_line(self, verb: str, cfg: Plan) -> str:
         eta = self.eta_seconds()
         tail = f"elapsed {_duration(time.perf_counter() - self.started)}" + (f", ETA {_duration(eta)}" if eta is not None else "")
-        return (f"[{len(self.done)}/{len(self.cells)} done | {self.running} running or queued | {self.failed} failed | {tail}] "
+        finished = len(self.done) - self.failed  # self.done holds failed cells too (they need no more time)
+        return (f"[{finished}/{len(self.cells)} done | {self.running} running or queued | {self.failed} failed | {tail}] "
                 f"{verb}: {cfg.key}")
 
 

@@ -1,0 +1,91 @@
+"""The driver loop shared by the Ray and Slurm executors (benchmark/cluster/driver.py), with a backend that
+runs cells in this process: a cell whose worker keeps dying is retried ``max_retries`` times, then recorded
+failed with its cause while the rest finish; a cell another live run holds ("locked") is listed as skipped,
+neither done nor failed; the CLI's end-of-grid summary names failed cells and the retry command."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import pytest
+import yaml
+
+from benchmark.cluster.driver import drive
+from benchmark.cluster.storage import Store
+from benchmark.config import expand_grid
+from benchmark.console import format_failed_summary
+from toys import TINY_PROFILE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class InProcess:
+    """Runs each submitted cell here; ``dies`` names cells whose 'worker' dies every time, ``locked`` cells
+    another run holds."""
+
+    def __init__(self, store, dies=(), locked=()):
+        self.store, self.dies, self.locked, self.submitted, self.plans = store, set(dies), set(locked), [], {}
+
+    def slots(self):
+        return 1
+
+    def submit(self, plan, attempt):
+        self.submitted.append((plan.key, attempt))
+        self.plans[plan.key] = plan
+        return (plan.key, attempt)  # a handle is hashable, as Ray's ObjectRefs and submitit's jobs are
+
+    def describe(self, handle):
+        return f"(attempt {handle[1]})"
+
+    def wait(self, handles, timeout):
+        return handles[:1]
+
+    def outcome(self, handle):
+        plan = self.plans[handle[0]]
+        if plan.key in self.dies:
+            return None, True, "worker died (SIGKILL)"
+        if plan.key in self.locked:
+            return {"status": "locked", "cell_key": plan.key, "owner": "pid 4242 on node7"}, False, ""
+        return self.store.run(plan), False, ""
+
+    def cancel(self, handles):
+        pass
+
+
+def _plans():
+    cells = expand_grid({**yaml.safe_load(TINY_PROFILE), "methods": ["at", "taet", "mart"], "epochs": 1})
+    return [cfg.resolve("cpu") for cfg in cells]
+
+
+def test_a_cell_whose_worker_keeps_dying_is_recorded_failed_and_the_rest_finish(tmp_path):
+    plans, store = _plans(), Store(tmp_path)
+    dying, locked, good = plans
+    backend = InProcess(store, dies=[dying.key], locked=[locked.key])
+    reported, out = [], io.StringIO()
+    with contextlib.redirect_stdout(out):
+        results = drive(backend, plans, store, force=False, report=reported.append, max_retries=2, poll=0)
+    printed = out.getvalue()
+    assert [a for k, a in backend.submitted if k == dying.key] == [0, 1, 2]  # first run + 2 retries
+    failure = results[0]["failure"]
+    assert results[0]["status"] == "failed" and failure["stage"] == "worker"
+    assert failure["cause"] == "worker died (SIGKILL) (after 3 attempts)"
+    on_disk = json.loads((tmp_path / dying.key / "metrics.json").read_text())
+    assert on_disk["status"] == "failed" and on_disk["cell_key"] == dying.key
+    assert results[1]["status"] == "locked" and not (tmp_path / locked.key / "metrics.json").exists()
+    assert results[2]["status"] == "complete"
+    assert "retry 2/2 (worker died (SIGKILL))" in printed
+    assert "1 cell(s) skipped, locked by another run" in printed and "pid 4242 on node7" in printed
+    assert "[1/3 done | 0 running or queued | 1 failed |" in printed  # the locked cell is not counted done
+    assert sorted(m.get("cell_key") for m in reported) == sorted([dying.key, good.key])  # a locked cell: no table
+    summary = format_failed_summary([results[0]], "python -m benchmark --executor ray --retry-failed")
+    assert dying.key in summary and "--retry-failed" in summary
+
+
+def test_a_failed_cell_is_not_submitted_again_without_retry_failed(tmp_path):
+    plans, store = _plans()[:1], Store(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()):
+        drive(InProcess(store, dies=[plans[0].key]), plans, store, force=False, report=lambda m: None, max_retries=0)
+        again = InProcess(store)
+        (result,) = drive(again, plans, store, force=False, report=lambda m: None)
+    assert again.submitted == [] and result["status"] == "failed"
