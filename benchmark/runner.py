@@ -35,7 +35,7 @@ from .cell_lock import CellLock, describe as describe_owner
 from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
 from .selection import BEST, Selector
-from .train import TrainingFailed, train
+from .train import TrainingFailed, load_resume_state, train
 
 
 class DataFault(RuntimeError):
@@ -401,6 +401,17 @@ def evaluate_trained(plan: Plan, data, cell_dir: Path, progress: bool) -> dict:
     final checkpoint (and the selected epoch's weights), never trained."""
     previous = read_record(cell_dir)
     device = pick_device(plan.device)
+    missing = ", ".join(s.name for s in missing_attacks(plan, previous))
+    try:
+        state = load_resume_state(cell_dir, plan, device)
+    except ForeignCellFile as err:
+        return _fail(cell_dir, plan, "resume", str(err), None, None)
+    if state is None or state["epoch"] != plan.epochs - 1:
+        print(f"warning: {cell_dir.name}: cannot evaluate {missing}: its final checkpoint is gone or unreadable "
+              "(a finished cell keeps checkpoint.pt for this); its record is unchanged (--force retrains it)",
+              file=sys.stderr, flush=True)
+        return previous.to_json()
+    del state
     seed_everything(plan.seed)
     method = create_method(plan.method, **plan.method_args)
     model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))

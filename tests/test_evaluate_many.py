@@ -141,3 +141,18 @@ def test_per_example_starts_are_the_same_points_whatever_the_batching():
     assert torch.equal(whole, parts)
     assert not torch.equal(whole, random_start(x, 0.1, "uniform", ExampleSeeds(4, range(6))))
     assert (whole - x).abs().max() <= 0.1
+
+
+def test_a_finished_cell_without_its_checkpoint_keeps_its_record_and_says_why(finished, tmp_path, monkeypatch, capsys):
+    _, done, cfg = finished
+    results = tmp_path / "results"
+    shutil.copytree(done, results)
+    cell = results / cfg.key()
+    (cell / "checkpoint.pt").unlink()  # deleted to save disk
+    before = (cell / "metrics.json").read_bytes()
+    profile = tmp_path / "more.yaml"
+    profile.write_text(WITH_FGSM)
+    steps = _count_steps(monkeypatch)
+    assert main(["--profile", str(profile), "--results", str(results), "--no-progress", "--quiet"]) == 0
+    assert steps == [] and (cell / "metrics.json").read_bytes() == before
+    assert "cannot evaluate fgsm: its final checkpoint is gone" in capsys.readouterr().err
