@@ -178,3 +178,17 @@ def test_ctrl_c_on_the_driver_cancels_the_running_cell_and_keeps_finished_ones(l
     time.sleep(1.0)
     assert not (cell_dir / "metrics.json").exists() and (cell_dir / "log.jsonl").read_text().count("\n") < 6
     assert record.stat().st_mtime_ns == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
+def test_a_worker_that_dies_more_often_than_max_retries_is_recorded_failed_with_the_cause(local_ray, tmp_path):
+    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
+    killer.start()
+    (record,), printed = _quiet_grid([plan], tmp_path / "ray", RayExecutor(num_cpus=1, num_gpus=0, max_retries=0))
+    killer.join()
+    assert killed and record["status"] == "failed" and record["failure"]["stage"] == "worker"
+    assert "Ray retried it 0 time(s)" in record["failure"]["cause"]
+    assert json.loads((tmp_path / "ray" / plan.key / "metrics.json").read_text())["status"] == "failed"
+    assert "FAILED: " + plan.key in printed
