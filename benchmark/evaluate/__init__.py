@@ -2,7 +2,8 @@
 
 Each attack's returned x_adv is re-scored by the same model (the reported robust prediction is that
 of the returned input, never a by-product of the attack), and its maximal L∞ distance and pixel
-range are recorded so a broken projection cannot pass unnoticed.
+range are recorded so a broken projection cannot pass unnoticed. ``python -m benchmark.evaluate``
+(this package's ``__main__``) evaluates a checkpoint trained elsewhere (benchmark.evaluate_external).
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from tqdm.auto import tqdm
 
 from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
 from attacks.pgd import ExampleSeeds
-from .data.loader import stratified_subset, to_float
-from .atomic import save_npz_atomic
-from .cell import ownership_problem
+from ..data.loader import stratified_subset, to_float
+from ..atomic import save_npz_atomic
+from ..cell import ownership_problem
 
 
 class InferenceModel(torch.nn.Module):
@@ -196,8 +197,3 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         if attack is not None and sanity["max_linf"] > attack.eps + 1e-5:
             raise RuntimeError(f"attack {name} left the ε-ball: max L∞ {sanity['max_linf']:.6f} > ε {attack.eps:.6f}")
 
-
-if __name__ == "__main__":  # python -m benchmark.evaluate: a checkpoint trained elsewhere (benchmark.evaluate_external)
-    from benchmark.evaluate_external import main
-
-    sys.exit(main())
