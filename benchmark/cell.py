@@ -47,7 +47,8 @@ SUPERSEDED_DIR = "superseded"
 
 # What the cell key leaves out of the resolved config: where things are, and the as-written forms whose
 # resolved values (eps_value, *_spec(s), method_hparams, milestone_epochs) it hashes instead.
-LOCATION_FIELDS = ("data_root", "download", "device")
+LOCATION_FIELDS = ("data_root", "download", "device", "plugins", "trackers")  # plugins: their hashes are keyed
+PACING_FIELDS = ("checkpoint_every_s", "progress_every_s")  # how often progress is saved: changes no number
 AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
                      "select_from")
 # What the cell key leaves out because it is keyed per attack instead (``AttackSpec.evaluation_key``): the
@@ -157,7 +158,9 @@ def write_failure(cell_dir: Path, *, stage: str, cause: str, epoch: int | None =
 
 def _identity(resolved: dict, drop: tuple[str, ...] = ()) -> dict:
     semantic = {k: v for k, v in resolved.items()
-                if k not in LOCATION_FIELDS + AS_WRITTEN_FIELDS + EVALUATION_FIELDS + drop}
+                if k not in LOCATION_FIELDS + PACING_FIELDS + AS_WRITTEN_FIELDS + EVALUATION_FIELDS + drop}
+    if not semantic.get("cuda_graphs"):  # the eager step every cell ran before the switch existed: keys unchanged
+        semantic.pop("cuda_graphs", None)
     if resolved.get("selection") != "val_best":  # the validation split is carved only for val_best
         semantic.pop("val_fraction", None)
     semantic["harness_version"] = HARNESS_VERSION

@@ -95,6 +95,10 @@ class Config:
     channels_last: Any = "auto"
     cudnn_benchmark: Any = "auto"
     torch_compile: bool = False
+    cuda_graphs: Any = False  # auto | true | false: the step captured as a CUDA graph (benchmark/cuda_graph.py)
+    # how often progress is saved (0 = every epoch / every batch); no number depends on them: not in the cell key
+    checkpoint_every_s: float = 60.0  # training checkpoints at most this often, and always after the last epoch
+    progress_every_s: float = 5.0  # an evaluation attack's finished batches at most this often, and at its end
 
     @property
     def method_name(self) -> str:
@@ -169,8 +173,12 @@ class Config:
             raise UsageError(f"test_split must be one of {', '.join(TEST_SPLITS)}; got {self.test_split!r}")
         if self.amp not in AMP_MODES:
             raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}; got {self.amp!r}")
-        for name in SPEED_SWITCHES:
+        for name in SPEED_SWITCHES + ("cuda_graphs",):
             setattr(self, name, parse_switch(getattr(self, name), name))
+        for name in ("checkpoint_every_s", "progress_every_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise UsageError(f"{name} must be a number of seconds >= 0 (0: every epoch / batch); "
+                                 f"got {getattr(self, name)}")
         if self.selection not in SELECTIONS:
             raise UsageError(f"selection must be one of {', '.join(SELECTIONS)}; got {self.selection!r}")
         if not 0 < self.val_fraction < 1:
@@ -302,7 +310,9 @@ class Config:
             eval_per_class=cfg.eval_per_class, monitor_per_class=cfg.monitor_per_class,
             monitor_every=cfg.monitor_every, selection=cfg.selection,
             selection_start_epoch=resolved["selection_start_epoch"], val_fraction=cfg.val_fraction,
-            device=cfg.device, speed={k: resolved[k] for k in ("channels_last", "cudnn_benchmark", "torch_compile", "amp")})
+            device=cfg.device, speed={k: resolved[k] for k in ("channels_last", "cudnn_benchmark", "torch_compile", "amp",
+                                                               "cuda_graphs")},
+            checkpoint_every_s=cfg.checkpoint_every_s, progress_every_s=cfg.progress_every_s)
 
 
 def did_you_mean(name: str, known) -> str:
@@ -355,7 +365,7 @@ FIELD_TYPES = {
     "monitor_per_class": int, "monitor_every": int, "val_fraction": float, "download": bool, "drop_last": bool, "milestones": list, "model_args": dict,
     "method_args": dict, "train_attack": dict, "monitor_attack": dict, "eval_attacks": list, "torch_compile": bool,
     "dataset": str, "model": str, "method": str, "test_split": str, "augment": str, "selection": str,
-    "schedule_unit": str, "device": str, "amp": str,
+    "schedule_unit": str, "device": str, "amp": str, "checkpoint_every_s": float, "progress_every_s": float,
 }
 OPTIONAL_FIELDS = {"eval_per_class"}
 CONFIG_FIELDS = {f.name for f in fields(Config)}

@@ -11,6 +11,12 @@
   the first steps of a run pay for that, and a model copied with ``copy.deepcopy`` (LAS-AT's
   look-ahead) has not been tried compiled.
 
+* ``cuda_graphs``: the whole training step recorded once as a CUDA graph and replayed per batch
+  (``benchmark/cuda_graph.py``). Default ``false``; ``auto`` is on only on CUDA and only for a method that
+  declares its step graph-safe (``Method.graph_safe``), and ``true`` where that does not hold runs the eager
+  step, the cell's cost record saying why (``cost["cuda_graphs"]``). In the key only when it runs, so every
+  eager cell keeps the key it had before the switch existed. Not yet measured on a GPU: off by default.
+
 Config writes each switch as ``auto``, ``true`` or ``false``; ``auto`` is on exactly when the run
 is on CUDA. ``resolve_speed`` turns the written values into what runs, and ``Config.resolved()``
 records that, so the cell key hashes what ran (a CPU and a GPU run of one profile are different
@@ -60,8 +66,33 @@ def resolve_amp(amp: str, device) -> str:
     return amp
 
 
-def resolve_speed(channels_last, cudnn_benchmark, torch_compile, amp: str, device) -> dict:
-    """The speed settings that run on ``device``: concrete bools and an AMP mode, never ``auto``."""
+def graph_safety(method) -> tuple[bool, str | None]:
+    """(graph-safe?, why not) as a method (instance or class) declares it (``Method.graph_safe``)."""
+    safe = bool(getattr(method, "graph_safe", False))
+    return safe, None if safe else str(getattr(method, "graph_unsafe_reason", "") or "not declared graph-safe")
+
+
+def resolve_cuda_graphs(requested, device, method) -> dict:
+    """What ``cuda_graphs`` does for ``method`` on ``device``: ``{"requested", "used", "why"}``. ``auto`` and
+    ``true`` both need CUDA and a graph-safe method; without either the step runs eagerly and ``why`` says
+    which was missing (None when the graph runs)."""
+    requested = parse_switch(requested, "cuda_graphs")
+    if requested is False:
+        return {"requested": False, "used": False, "why": "cuda_graphs: false"}
+    safe, reason = graph_safety(method)
+    if not runs_on_cuda(device):
+        why = f"no CUDA device for a run on {device}: eager step"
+    elif not safe:
+        why = f"method {getattr(method, 'name', '?')} is not graph-safe ({reason}): eager step"
+    else:
+        return {"requested": requested, "used": True, "why": None}
+    return {"requested": requested, "used": False, "why": why}
+
+
+def resolve_speed(channels_last, cudnn_benchmark, torch_compile, amp: str, device, cuda_graphs=False,
+                  method=None) -> dict:
+    """The speed settings that run on ``device``: concrete bools and an AMP mode, never ``auto``.
+    ``method`` (a Method class or instance) decides whether ``cuda_graphs`` can run."""
     cuda = runs_on_cuda(device)
     out = {}
     for name, value in (("channels_last", channels_last), ("cudnn_benchmark", cudnn_benchmark)):
@@ -71,13 +102,16 @@ def resolve_speed(channels_last, cudnn_benchmark, torch_compile, amp: str, devic
         raise UsageError(f"torch_compile must be true or false; got {torch_compile!r}")
     out["torch_compile"] = torch_compile
     out["amp"] = resolve_amp(amp, device)
+    out["cuda_graphs"] = resolve_cuda_graphs(cuda_graphs, device, method)["used"]
     return out
 
 
 def speed_of(cfg, device=None) -> dict:
     """``resolve_speed`` for a Config, on ``device`` (default: the device the config names)."""
+    from methods import get_method  # lazily: methods import benchmark.errors, whose package holds this module
+
     return resolve_speed(cfg.channels_last, cfg.cudnn_benchmark, cfg.torch_compile, cfg.amp,
-                         cfg.device if device is None else device)
+                         cfg.device if device is None else device, cfg.cuda_graphs, get_method(cfg.method_name))
 
 
 def prepare_model(model: torch.nn.Module, speed: dict) -> torch.nn.Module:

@@ -71,7 +71,10 @@ class Plan:
     val_fraction: float
     # hardware
     device: str  # as written: auto, cpu, cuda:1 (a location, not part of the key)
-    speed: dict  # channels_last, cudnn_benchmark, torch_compile, amp as they run on the device
+    speed: dict  # channels_last, cudnn_benchmark, torch_compile, amp, cuda_graphs as they run on the device
+    # how often progress is saved, seconds (0: every epoch / batch); not in the key
+    checkpoint_every_s: float = 60.0
+    progress_every_s: float = 5.0
 
     @property
     def method_name(self) -> str:

@@ -62,6 +62,7 @@ class ADT(Method):
                "(7 signed-Adam steps, 5 samples each, entropy bonus λ = 0.01) — ADT_EXP")
     paper = "Dong, Deng, Pang, Su, Zhu, NeurIPS 2020, arXiv 2002.05999 (ADT_EXP)"
     code = "dongyp13/Adversarial-Distributional-Training"
+    graph_safe = True  # fixed inner steps and samples, no host read (tests/test_graph_safety.py)
     defaults = {"steps": 7, "samples": 5, "lr": 0.3, "lam": 0.01}
     presets = {
         "common": {},

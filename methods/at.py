@@ -24,6 +24,7 @@ class PGDAT(Method):
     summary = "cross-entropy on PGD adversarial examples only (the min-max baseline)"
     paper = "Madry et al., ICLR 2018, arXiv 1706.06083, Eq. 2.1"
     code = "MadryLab/cifar10_challenge"
+    graph_safe = True  # PGD and CE: no host read in a step (tests/test_graph_safety.py)
     presets = {
         "common": {},
         "madry": {

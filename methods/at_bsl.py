@@ -68,6 +68,7 @@ class ATBSL(Method):
     summary = "balanced softmax loss CE(f(x_adv) + log n_c, y) on PGD examples; the attack uses plain CE"
     paper = "Yue, Mou, Wang, Zhao, CVPR 2024, arXiv 2403.10073 (BSL: Ren et al., NeurIPS 2020)"
     code = "NISPLab/AT-BSL"
+    graph_safe = True  # log n_c is checked once, on the first step, then cached
     presets = {
         "common": {},
         "paper": PAPER,

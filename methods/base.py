@@ -7,7 +7,7 @@ the model (``wrap_model``) or to inference (``logits``), and any state it keeps 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Hashable
 
 import torch
 
@@ -54,6 +54,12 @@ class Method:
     code: ClassVar[str] = ""  # the authors' repository the implementation was checked against
     defaults: ClassVar[dict[str, Any]] = {}
     presets: ClassVar[dict[str, dict]] = {}
+    # CUDA-graph capture (benchmark/cuda_graph.py): a graph-safe step, once warm-up steps have built its lazy state,
+    # has no host-dependent control flow (no .item(), bool(tensor), .tolist(), nonzero, bincount, boolean-mask
+    # indexing) and keeps the tensors it reads between steps at fixed addresses (updated in place), so it can be
+    # recorded once and replayed. An unsafe method says why; it runs eagerly. tests/test_graph_safety.py checks both.
+    graph_safe: ClassVar[bool] = False
+    graph_unsafe_reason: ClassVar[str] = "not declared graph-safe (a method declares graph_safe = True once its step is)"
 
     def __init__(self, **hparams):
         unknown = set(hparams) - set(self.defaults)
@@ -79,6 +85,11 @@ class Method:
     def loss(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: TrainContext) -> LossOut:
         logits = model(x)
         return LossOut(torch.nn.functional.cross_entropy(logits, y), logits)
+
+    def graph_phase(self, ctx: TrainContext) -> Hashable:
+        """What of ``ctx`` the step's Python control flow depends on (TAET: its stage): a captured step is recorded
+        once per value and replayed while it holds. None: one capture for the whole run."""
+        return None
 
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Inference-time logits (methods with a post-hoc adjustment override this)."""

@@ -105,6 +105,7 @@ class GAIRAT(Method):
                "robust under AutoAttack (their issue #1)")
     paper = "Zhang J. et al., ICLR 2021, arXiv 2010.01736 (GAIRAT: geometry-aware instance-reweighted AT)"
     code = "zjfheart/Geometry-aware-Instance-reweighted-Adversarial-Training"
+    graph_safe = True  # κ counted on the device; the reweighting switch is a graph phase
     defaults = {"Lambda": -1.0, "weight_function": "tanh", "begin_fraction": 0.5, "begin_epoch": None}
     presets = {
         "common": {},
@@ -145,6 +146,9 @@ class GAIRAT(Method):
 
     def reweighting(self, ctx) -> bool:
         return ctx.epoch + 1 >= self.begin_epoch(ctx.epochs)
+
+    def graph_phase(self, ctx) -> str:
+        return "reweighted" if self.reweighting(ctx) else "plain"
 
     def adversarial_with_kappa(self, model, x, y, ctx) -> tuple[torch.Tensor, torch.Tensor]:
         spec = ctx.attack

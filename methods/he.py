@@ -81,6 +81,7 @@ from attacks import pgd
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
+from .losses import one_hot
 from .schedule import CIFAR_AT_MILESTONES
 
 WEIGHT_NORMS = ("project", "explicit")
@@ -127,6 +128,7 @@ class HE(Method):
                "CosFace margin CE at s = 10, m = 0.2 on PGD(CE of s·cos) examples")
     paper = "Pang, Yang, Dong, Xu, Zhu, Su, NeurIPS 2020, arXiv 2002.08619 (PGD-AT + HE, HELoss)"
     code = "ShawnXYang/AT_HE"
+    graph_safe = True  # the weight projection is recorded in the step's first forward, as it runs eagerly
     defaults = {"scale": 10.0, "margin": 0.2, "eval_scale": 1.0, "weight_norm": "project"}
     presets = {
         "common": {},
@@ -181,7 +183,7 @@ class HE(Method):
         x_adv = self.adversarial(model, x, y, ctx)
         cos = model(x_adv)  # train mode, scale-1 cosines
         s, m = self.hparams["scale"], self.hparams["margin"]
-        z = s * (cos.float() - m * F.one_hot(y, cos.shape[1]).float())
+        z = s * (cos.float() - m * one_hot(y, cos.shape[1]))
         loss = F.cross_entropy(z, y)
         cos_y = cos.detach().float().gather(1, y[:, None]).mean()
         return LossOut(loss, cos, {"cos_y": cos_y})

@@ -258,6 +258,10 @@ class LASAT(Method):
                "network trained by REINFORCE (attack strength + lookahead robust/clean accuracy)")
     paper = "Jia et al., CVPR 2022 (oral), arXiv 2203.06616, LAS-PGD-AT (Eqs. for L_T, L_P and R = R1 + R2 + R3)"
     code = "jiaxiaojunQAQ/LAS-AT"
+    graph_safe = False
+    graph_unsafe_reason = ("per-example attack strategies sampled each step: the number of attack rounds is read "
+                           "on the host (.item()), its reward PGD stops early on bool(tensor), and every "
+                           "policy_interval steps it updates the policy through a deep copy of the model")
     defaults = {
         "policy_model": "resnet18",
         "policy_model_args": {},

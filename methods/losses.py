@@ -14,6 +14,12 @@ def at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def one_hot(y: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``F.one_hot(y, num_classes).to(dtype)``, the same 0/1 values, without its range check, which reads y's
+    min and max on the host off CUDA: a step that uses this makes no host sync (``Method.graph_safe``)."""
+    return torch.zeros(len(y), num_classes, dtype=dtype, device=y.device).scatter_(1, y[:, None], 1)
+
+
 def kl_per_example(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(clean) ‖ softmax(adv)) summed over classes, one value per example (fp32, or float64)."""
     log_p = F.log_softmax(at_least_fp32(clean_logits), dim=1)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import LossOut, Method, register_method
+from .losses import one_hot
 from .schedule import CIFAR_AT_MILESTONES
 
 
@@ -69,7 +70,7 @@ def mart_terms(logits: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) 
     """(BCE, weighted KL) of MART for clean and adversarial logits, with the authors' constants."""
     logits, logits_adv = logits.float(), logits_adv.float()
     q = F.softmax(logits_adv, dim=1)
-    true_class = F.one_hot(y, q.shape[1]).bool()
+    true_class = one_hot(y, q.shape[1], torch.bool)
     q_wrong = q.masked_fill(true_class, float("-inf")).amax(dim=1)  # q_{y'}, y' = argmax_{k≠y} q_k
     bce = F.cross_entropy(logits_adv, y) - torch.log(1.0001 - q_wrong + 1e-12).mean()
     log_p = F.log_softmax(logits, dim=1)
@@ -85,6 +86,7 @@ class MART(Method):
                "(misclassified examples count more)")
     paper = "Wang et al., ICLR 2020, openreview rklOg6EFwS (MART objective: BCE + β·KL·(1 − p_y))"
     code = "YisenWang/MART"
+    graph_safe = True  # one-hot by scatter (F.one_hot reads y's range on the host off CUDA)
     defaults = {"beta": 6.0}
     presets = {
         "common": {},

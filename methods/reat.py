@@ -152,6 +152,7 @@ class REAT(Method):
                "per-example weights leave sign-PGD examples unchanged)")
     paper = "Li, Xu, Zhang, arXiv 2307.10205 (REAT: RBL inner loss, BSL + TAIL outer loss)"
     code = "GuanlinLee/REAT"
+    graph_safe = True  # counts and weights on the device, updated in place at the epoch end
     defaults = {"tail_classes": "rank", "tail_reduction": "mean", "min_predicted": 1}
     presets = {
         "common": {},
@@ -237,10 +238,19 @@ class REAT(Method):
         self._running.index_add_(0, predicted, torch.ones_like(predicted))
 
     def on_epoch_end(self, ctx) -> None:
-        """This epoch's prediction counts become next epoch's k_c."""
-        if self._running is not None:
-            self._previous, self._running = self._running, torch.zeros_like(self._running)
-            self._weights = None
+        """This epoch's prediction counts become next epoch's k_c. In place, as are the weights they give: a
+        captured step (benchmark/cuda_graph.py) keeps reading the tensors it was recorded with."""
+        if self._running is None:
+            return
+        if self._previous is None or self._previous.device != self._running.device:
+            self._previous = self._running.clone()
+        else:
+            self._previous.copy_(self._running)
+        self._running.zero_()
+        if self._weights is not None:
+            counts, weights = self._weights
+            weights.copy_(effective_number_weights(counts, self._previous.to(counts.device),
+                                                   self.hparams["min_predicted"]))
 
     def state_dict(self) -> dict:
         def as_list(t):

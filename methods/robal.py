@@ -80,7 +80,7 @@ from torch import nn
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
-from .losses import kl_per_example
+from .losses import kl_per_example, one_hot
 
 
 class CosineClassifier(nn.Module):
@@ -132,6 +132,7 @@ class RoBal(Method):
     """Shared RoBal machinery; the variants differ only in their hyperparameters."""
 
     code = "wutong16/Adversarial_Long-Tail"
+    graph_safe = True  # class terms built from the counts once, then cached on the device
     presets = {"common": {}, "paper": PAPER_PRESET}
 
     def __init__(self, **hparams):
@@ -190,7 +191,7 @@ class RoBal(Method):
         """s·(z − m_y·e_y) + τ_b·log π, computed out of place (the input tensor is left as it is)."""
         log_prior, margin = self._class_terms(cos_logits.device)
         z = cos_logits.float()
-        shifted = z - F.one_hot(y, z.shape[1]).to(z.dtype) * margin[y].unsqueeze(1)
+        shifted = z - one_hot(y, z.shape[1], z.dtype) * margin[y].unsqueeze(1)
         return self.hparams["scale"] * shifted + self.hparams["tau_b"] * log_prior
 
     def loss(self, model, x, y, ctx) -> LossOut:

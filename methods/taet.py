@@ -83,8 +83,9 @@ PLATEAU_MARGIN = 0.05  # stage 1 is "on the plateau" while train accuracy <= hea
 
 def class_losses(per_example: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-class mean loss L_c (0 for an absent class, denominators + 1e-10 as in HARL.py) and per-class counts."""
-    sums = torch.zeros(num_classes, device=per_example.device, dtype=per_example.dtype).index_add(0, y, per_example)
-    counts = torch.bincount(y, minlength=num_classes).to(per_example.dtype)
+    zeros = torch.zeros(num_classes, device=per_example.device, dtype=per_example.dtype)
+    sums = zeros.index_add(0, y, per_example)
+    counts = zeros.index_add(0, y, torch.ones_like(per_example))  # bincount's counts, at a fixed size: no host sync
     return sums / (counts + 1e-10), counts
 
 
@@ -94,11 +95,15 @@ def harl_terms(per_example: torch.Tensor, y: torch.Tensor, num_classes: int,
     if class_mean not in CLASS_MEANS:
         raise ValueError(f"class_mean must be one of {CLASS_MEANS}; got {class_mean!r}")
     per_class, counts = class_losses(per_example, y, num_classes)
-    if class_mean == "present":
-        per_class = per_class[counts > 0]
-    bcl = per_class.mean()
-    hdl = ((per_class - bcl) ** 2).mean()
-    rcel = ((per_class / (per_class.sum() + 1e-10)) ** 2).sum()
+    if class_mean == "present":  # means over the present classes as masked sums: no data-dependent shape
+        present = (counts > 0).to(per_class.dtype)
+        n = present.sum()
+        bcl = (per_class * present).sum() / n
+        hdl = (((per_class - bcl) ** 2) * present).sum() / n
+    else:
+        bcl = per_class.mean()
+        hdl = ((per_class - bcl) ** 2).mean()
+    rcel = ((per_class / (per_class.sum() + 1e-10)) ** 2).sum()  # an absent class adds 0 under both readings
     return bcl, hdl, rcel
 
 
@@ -107,6 +112,7 @@ class TAET(Method):
     summary = "clean CE for a first stage, then HARL (balanced class loss + deviation + rare-class emphasis) on PGD examples"
     paper = "Wang Yu-Hang et al., CVPR 2025, arXiv 2503.01924 (HARL: BCL, HDL, RCEL)"
     code = "BuhuiOK/TAET-Two-Stage-Adversarial-Equalization-Training-on-Long-Tailed-Distributions"
+    graph_safe = True  # class counts by a fixed-size index_add, not bincount; its two stages are graph phases
     defaults = {"alpha": 0.1, "beta": 0.1, "gamma": 0.1, "ce_fraction": 0.4, "ce_epochs": None, "class_mean": "all"}
     presets = {
         "common": {},
@@ -186,6 +192,9 @@ class TAET(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self._diagnostics = dict(state.get("diagnostics") or self._fresh_diagnostics())
+
+    def graph_phase(self, ctx) -> str:
+        return "clean" if ctx.epoch < self.ce_epochs(ctx.epochs) else "harl"
 
     def loss(self, model, x, y, ctx) -> LossOut:
         if ctx.epoch < self.ce_epochs(ctx.epochs):

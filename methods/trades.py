@@ -62,6 +62,7 @@ class TRADES(Method):
     summary = "clean CE + β·KL(p(x) ‖ p(x_adv)), x_adv maximizing that KL (no labels in the attack)"
     paper = "Zhang et al., ICML 2019, arXiv 1901.08573 (TRADES objective: CE + β·max KL)"
     code = "yaodongyu/TRADES"
+    graph_safe = True  # KL attack and loss: no host read in a step
     defaults = {"beta": 6.0}
     presets = {
         "common": {},

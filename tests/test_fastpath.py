@@ -95,7 +95,8 @@ def test_bad_switch_values_are_usage_errors(changes, word):
 
 def test_resolve_speed_needs_no_config():
     assert resolve_speed("auto", True, False, "auto", "cpu") == {"channels_last": False, "cudnn_benchmark": True,
-                                                                 "torch_compile": False, "amp": "none"}
+                                                                 "torch_compile": False, "amp": "none",
+                                                                 "cuda_graphs": False}
 
 
 # --- the same math ----------------------------------------------------------------------------------
