@@ -21,10 +21,12 @@ import yaml
 from attacks import AttackSpec, get_attack
 from attacks.pgd import STARTS
 from attacks.spec import PROFILE_FIELDS, RENAMED_KINDS, attack_metadata
-from methods import get_method
+from methods import get_method, method_metadata
 from methods.base import split_method_tag
-from .data.datasets import get_dataset, is_naturally_imbalanced
-from .models import get_model
+from .data.datasets import dataset_metadata, get_dataset, is_naturally_imbalanced
+from .models import get_model, model_metadata
+from .plugins import load_plugins, resolve_spec
+from .tracking import check_trackers
 
 from methods.schedule import COMMON_MILESTONES, COMMON_SELECT_FROM
 from .cell import AS_WRITTEN_FIELDS, LOCATION_FIELDS, cell_key  # noqa: F401  (the one identity rule)
@@ -87,6 +89,10 @@ class Config:
     selection: str = "final"
     select_from: Any = COMMON_SELECT_FROM
     val_fraction: float = 0.1  # share of each class carved from the training subset for val_best
+    # outside the cell key: plugin files/modules (loaded before any name is checked; the hashes of the sources
+    # a cell uses are keyed, as plugin_sources) and live trackers (benchmark/tracking.py: tensorboard, mlflow, wandb)
+    plugins: list = field(default_factory=list)
+    trackers: list = field(default_factory=list)
     # hardware
     device: str = "auto"
     amp: str = "none"
@@ -204,6 +210,9 @@ class Config:
             if not parse_number(m, what="milestones") >= 0:
                 raise UsageError(f"milestones must be >= 0 (fractions of the budget or epochs); got {m}")
         check_device_name(self.device)
+        self.plugins = [resolve_spec(p) for p in self.plugins]
+        load_plugins(self.plugins)  # before any name is checked against the registries
+        self.trackers = check_trackers(self.trackers)  # a known name whose package is installed, before anything runs
         self._check_attack_fields()
         self._check_registered()
         self._check_attacks()
@@ -283,7 +292,20 @@ class Config:
         out["milestone_epochs"] = self.milestone_epochs()
         out["selection_start_epoch"] = self.selection_start_epoch() if self.selection != "final" else None
         out.update(speed_of(self))  # channels_last, cudnn_benchmark, torch_compile, amp as they run here
+        sources = self.plugin_sources()
+        if sources:  # only cells that use a plugin's code: every built-in cell keeps its key
+            out["plugin_sources"] = sources
+        fingerprint = dataset_metadata(self.dataset).get("fingerprint")
+        if fingerprint is not None:  # data that is whatever its folder holds (imagefolder): the folder's listing
+            out["data_fingerprint"] = fingerprint(self.data_root)
         return out
+
+    def plugin_sources(self) -> dict[str, str]:
+        """{plugin name: sha256 of its source} for each plugin that registered this cell's method, model,
+        dataset, or training or monitoring attack kind (an evaluation attack's plugin is in its evaluation key)."""
+        found = [method_metadata(self.method_name), model_metadata(self.model), dataset_metadata(self.dataset),
+                 attack_metadata(self.train_attack_spec().kind), attack_metadata(self.monitor_attack_spec().kind)]
+        return dict(sorted((m["plugin"]["name"], m["plugin"]["sha256"]) for m in found if m.get("plugin")))
 
     def key(self) -> str:
         """Stable cell key: readable prefix + hash of the resolved config. Locations are left out, and
@@ -367,6 +389,7 @@ FIELD_TYPES = {
     "dataset": str, "model": str, "method": str, "test_split": str, "augment": str, "selection": str,
     "schedule_unit": str, "device": str, "amp": str, "checkpoint_every_s": float, "progress_every_s": float,
 }
+FIELD_TYPES.update(plugins=list, trackers=list)
 OPTIONAL_FIELDS = {"eval_per_class"}
 CONFIG_FIELDS = {f.name for f in fields(Config)}
 GRID_FIELDS = {"methods": "method", "imbalance_ratios": "imbalance_ratio", "seeds": "seed"}
@@ -415,6 +438,10 @@ def expand_grid(profile: dict, overrides: dict | None = None) -> list[Config]:
     """One validated Config per (method, imbalance ratio, seed), in that nesting order."""
     settings = merge(profile, {k: v for k, v in (overrides or {}).items() if v is not None})
     settings.pop("description", None)
+    plugins = settings.get("plugins") or []
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise UsageError(f"plugins: expected a list of .py files or module names, got {plugins!r}")
+    load_plugins(plugins)  # before the methods below are looked up: a plugin may register them
     unknown = sorted(map(repr, set(settings) - CONFIG_FIELDS - set(GRID_FIELDS)))
     if unknown:
         first = next(k for k in settings if repr(k) == unknown[0])

@@ -84,6 +84,16 @@ class Plan:
     def method_preset(self) -> str | None:
         return split_method_tag(self.method)[1]
 
+    @property
+    def plugins(self) -> tuple[str, ...]:
+        """Plugin files/modules this cell's process loads first (``benchmark.plugins.load_plugins``)."""
+        return tuple(self.config.get("plugins") or ())
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        """Live trackers (``benchmark.tracking``) the cell reports to; outside the key."""
+        return tuple(self.config.get("trackers") or ())
+
     def record(self) -> dict:
         """A copy of the resolved configuration, to write into a cell's files."""
         return copy.deepcopy(self.resolved)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -32,6 +33,7 @@ class Registry(Generic[T]):
         self.plural = plural or f"{what}s"
         self._entries: dict[str, T] = {}  # name -> registered object
         self._metadata: dict[str, dict[str, Any]] = {}  # name -> its metadata
+        _ALL.add(self)  # so plugins can tell which entries a module they load adds (benchmark.plugins)
 
     def register(self, name: str, obj: T | None = None, /, **metadata) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``, or, without ``obj``, return a decorator that does.
@@ -82,6 +84,11 @@ class Registry(Generic[T]):
         """Names whose metadata has each of the given values: ``attacks.where(family="ensemble")``."""
         return [n for n in self.list() if all(self._metadata[n].get(k) == v for k, v in metadata.items())]
 
+    def annotate(self, name: str, **metadata) -> None:
+        """Add metadata to a registered entry (what a plugin loader records about where the entry came from)."""
+        self.get(name)
+        self._metadata[name].update(metadata)
+
     def unregister(self, name: str) -> T:
         """Remove an entry (tests that register a throwaway entry clean up with this)."""
         self._metadata.pop(name, None)
@@ -98,6 +105,14 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.what!r}: {', '.join(self.list())})"
+
+
+_ALL: "weakref.WeakSet[Registry]" = weakref.WeakSet()
+
+
+def all_registries() -> list[Registry]:
+    """Every live Registry (methods, models, attack kinds, datasets, and any a test builds)."""
+    return list(_ALL)
 
 
 def _where(obj: object) -> str:
