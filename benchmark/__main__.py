@@ -148,8 +148,8 @@ def _run_cluster(args, cells, cluster, device: str) -> int:
     plans = [cfg.resolve(device) for cfg in cells]
     if args.dry_run:
         for plan in plans:
-            status = store.status(plan.key)
-            runs = args.force or status in ("new", "resumable") or (status == "failed" and args.retry_failed)
+            status = store.status(plan)
+            runs = args.force or status in ("new", "resumable", "evaluate") or (status == "failed" and args.retry_failed)
             print(f"{status:<10} {plan.key}" + (f"  -> {cluster.describe_plan(plan)}" if runs else ""))
         return 0
     check_grid_data(plans, Path(args.results) if not is_url(args.results) else Path(".tailrobust-remote"),

@@ -89,3 +89,18 @@ def test_a_failed_cell_is_not_submitted_again_without_retry_failed(tmp_path):
         again = InProcess(store)
         (result,) = drive(again, plans, store, force=False, report=lambda m: None)
     assert again.submitted == [] and result["status"] == "failed"
+
+
+def test_a_finished_cell_the_plan_asks_a_new_attack_of_is_submitted_to_add_it(tmp_path):
+    settings = {**yaml.safe_load(TINY_PROFILE), "epochs": 1}
+    (first,) = [cfg.resolve("cpu") for cfg in expand_grid(settings)]
+    more = {**settings, "eval_attacks": settings["eval_attacks"] + [{"kind": "fgsm"}]}
+    (second,) = [cfg.resolve("cpu") for cfg in expand_grid(more)]
+    assert first.key == second.key  # the attacks are not part of the cell key
+    store, out = Store(tmp_path), io.StringIO()
+    with contextlib.redirect_stdout(out):
+        drive(InProcess(store), [first], store, force=False, report=lambda m: None)
+        backend = InProcess(store)
+        (record,) = drive(backend, [second], store, force=False, report=lambda m: None)
+    assert backend.submitted == [(second.key, 0)] and "submitted (adds attacks)" in out.getvalue()
+    assert "fgsm" in record["evaluation"]["attacks"]

@@ -50,13 +50,13 @@ def test_a_cell_run_against_a_store_leaves_its_files_there_with_the_record_last(
     assert memory_cell["order"][-1] == "metrics.json" and memory_cell["order"].count("metrics.json") == 1
     stored = json.loads(fs.cat(f"/tailrobust-test/results/{key}/metrics.json"))
     assert stored["evaluation"] == memory_cell["metrics"]["evaluation"]
-    assert memory_cell["store"].status(key) == "done"
+    assert memory_cell["store"].status(memory_cell["plan"]) == "done"
 
 
 def test_a_retry_on_a_fresh_node_resumes_from_the_checkpoint_in_the_store(memory_cell, tmp_path, monkeypatch):
     fs, key = fsspec.filesystem("memory"), memory_cell["plan"].key
     fs.rm(f"/tailrobust-test/results/{key}/metrics.json")  # as if the node died after its last checkpoint
-    assert memory_cell["store"].status(key) == "resumable"
+    assert memory_cell["store"].status(memory_cell["plan"]) == "resumable"
     monkeypatch.setenv("TAILROBUST_STAGING", str(tmp_path / "other-node"))  # nothing staged there
     again = memory_cell["store"].run(memory_cell["plan"])
     assert again["cost"]["resumed_from_epoch"] == 1  # pulled the 1-epoch checkpoint: no epoch trained again

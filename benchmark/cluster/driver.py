@@ -42,7 +42,7 @@ def drive(backend, cells: list[Plan], store: Store, force: bool, report, retry_f
     tracker.failed = tracker.running = 0
     pending = []
     for i, cfg in enumerate(cells, 1):
-        status = store.status(cfg.key)
+        status = store.status(cfg)
         if not force and (status == "done" or (status == "failed" and not retry_failed)):
             verb = "skip (finished)" if status == "done" else "skip (failed; --retry-failed runs it again)"
             print(tracker.line(i, verb, cfg), flush=True)
@@ -61,7 +61,8 @@ def drive(backend, cells: list[Plan], store: Store, force: bool, report, retry_f
             handles[handle] = cfg
             attempts[cfg.key] = 0
             tracker.running += 1
-            verb = {"resumable": "submitted (resumes)", "failed": "submitted (--retry-failed)"}.get(status, "submitted")
+            verb = {"resumable": "submitted (resumes)", "failed": "submitted (--retry-failed)",
+                    "evaluate": "submitted (adds attacks)"}.get(status, "submitted")
             print(tracker.line(i, f"{verb} {backend.describe(handle)}", cfg), flush=True)
         while handles:
             for handle in backend.wait(list(handles), poll):

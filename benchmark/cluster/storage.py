@@ -68,8 +68,13 @@ class Store:
                     self.fs.get_file(f"{remote}/{name}", str(folder / name))
         return folder
 
-    def status(self, key: str) -> str:
-        return cell_status(self.local_dir(key))
+    def status(self, plan: Plan) -> str:
+        """``benchmark.runner.plan_status`` of the cell in the store: done, evaluate (finished, but the plan asks
+        an attack it has not run), failed, resumable or new."""
+        from ..runner import plan_status
+
+        folder = self.local_dir(plan.key)
+        return plan_status(plan, folder.parent)
 
     def record(self, key: str) -> dict:
         """A finished cell's record, or a failed cell's failed record."""
