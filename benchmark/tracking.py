@@ -9,9 +9,10 @@ finished ``metrics.json`` (per-class recall under clean input and every attack),
 
 Where they write: TensorBoard event files in the cell's folder (``<cell>/tensorboard/``, so ``tensorboard
 --logdir results`` shows every cell); MLflow to ``MLFLOW_TRACKING_URI`` if set, else a file store
-``<results>/mlruns`` (experiment ``MLFLOW_EXPERIMENT_NAME`` or ``tailrobust``; one run per cell, tagged with its
-key, continued when the cell resumes); W&B offline into ``<results>/wandb`` unless ``WANDB_MODE`` or
-``WANDB_API_KEY`` says otherwise (project ``WANDB_PROJECT`` or ``tailrobust``). A tracker that fails while the
+``<results>/.mlruns`` (experiment ``MLFLOW_EXPERIMENT_NAME`` or ``tailrobust``; one run per cell, tagged with its
+key, continued when the cell resumes); W&B offline into ``<results>/.wandb`` unless ``WANDB_MODE`` or
+``WANDB_API_KEY`` says otherwise (project ``WANDB_PROJECT`` or ``tailrobust``). The two stores are dot-folders,
+which the results store skips. A tracker that fails while the
 cell runs is reported once and dropped: the results on disk are what counts.
 """
 from __future__ import annotations
@@ -177,7 +178,7 @@ class MLflowTracker:
     parameters, the config as ``config.json``, metrics per epoch (step = epoch) and the final per-class metrics."""
 
     def __init__(self, cell_dir: Path, results_dir: Path):
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(results_dir).resolve() / "mlruns").as_uri()
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (Path(results_dir).resolve() / ".mlruns").as_uri()
         self.uri, self.run_id, self.client = uri, None, None
 
     def start(self, cell_key: str, config: dict, classes: list[str]) -> None:
@@ -227,7 +228,7 @@ class WandbTracker:
     """A W&B run per cell (id from the cell key, so a resumed cell continues it); offline unless configured."""
 
     def __init__(self, cell_dir: Path, results_dir: Path):
-        self.dir, self.run = Path(results_dir), None
+        self.dir, self.run = Path(results_dir) / ".wandb", None
 
     def start(self, cell_key: str, config: dict, classes: list[str]) -> None:
         import hashlib
@@ -257,12 +258,20 @@ FACTORIES: dict[str, Callable[[Path, Path], Tracker]] = {
 
 
 class Trackers:
-    """The trackers of one cell, called together; a tracker that raises is reported once and dropped."""
+    """The trackers of one cell, called together. They start at their first call (after the runner has set
+    earlier files aside); a tracker that raises is reported once and dropped; ``finish(metrics)`` logs a
+    finished record's numbers and passes it through."""
 
-    def __init__(self, names: Iterable[str], cell_dir: Path, results_dir: Path):
+    def __init__(self, names: Iterable[str], cell_dir: Path, results_dir: Path, cell_key: str, config: dict,
+                 classes: list):
         self.active = [(name, FACTORIES[name](Path(cell_dir), Path(results_dir))) for name in check_trackers(names)]
+        self._start = (cell_key, config, [str(c) for c in classes])
+        self._started = False
 
     def _each(self, method: str, *args) -> None:
+        if not self._started and method != "close":
+            self._started = True
+            self._each("start", *self._start)
         for name, tracker in list(self.active):
             try:
                 getattr(tracker, method)(*args)
@@ -271,18 +280,17 @@ class Trackers:
                       f"{(str(err).splitlines() or [''])[0]}); it is switched off for this cell", file=sys.stderr)
                 self.active.remove((name, tracker))
 
-    def start(self, cell_key: str, config: dict, classes: list[str]) -> "Trackers":
-        self._each("start", cell_key, config, list(map(str, classes)))
-        return self
-
     def log_epoch(self, record: dict) -> None:
         self._each("log_epoch", record)
 
-    def log_final(self, record: dict) -> None:
-        self._each("log_final", record)
+    def finish(self, metrics: dict) -> dict:
+        if metrics.get("status") == "complete":
+            self._each("log_final", metrics)
+        return metrics
 
     def close(self) -> None:
-        self._each("close")
+        if self._started:
+            self._each("close")
 
     def __bool__(self) -> bool:
         return bool(self.active)
