@@ -86,7 +86,9 @@ def test_failed_and_borderline_checks_are_red_and_amber_with_the_classes_named(t
          "ok": True}]
     audit["zero_gradient_fraction"] = 0.02
     audit["rescoring"] = {"pgd20": {"reported_robust": 37, "rescored_robust": 35, "matches": False}}
-    audit["autoattack_agreement"] = []
+    audit["autoattack_agreement"] = [{"reference": "autoattack", "torchattacks": "ta_aa", "examples": 20,
+                                      "reference_acc": 0.80, "torchattacks_acc": 0.85, "disagreements": 1,
+                                      "library_weaker_classes": [3]}]
     audit["something_new"] = {"x": 1}
     (cell / "metrics.json").write_text(json.dumps(metrics))
     build_report(tmp_path / "results", tmp_path / "reports")
@@ -99,6 +101,8 @@ def test_failed_and_borderline_checks_are_red_and_amber_with_the_classes_named(t
     assert any("within the tolerance" in f for f in by_status["warn"])
     assert any(f.startswith("2.0% of test examples have a zero input gradient") for f in by_status["warn"])
     assert any("something_new" in f for f in by_status["warn"])
+    assert "ta_aa against the reference AutoAttack: the library found fewer adversarial examples in classes 3 " \
+           "(robust 85.0% against 80.0%)." in by_status["fail"]
     assert [w for _, w, css, _ in rows if "status-fail" in css] == ["fail"] * len(by_status["fail"])
 
 

@@ -53,7 +53,7 @@ def audit_checks(audit: dict, labels: dict[str, str] | None = None, classes: lis
             out.append(Check("PGD cross-check", WARN, "No torchattacks PGD ran beside ours from the same start, so "
                                                       "our PGD was not cross-checked in this cell."))
         for a in agreement:
-            pair = f"Our {name(a.get('ours'))} and torchattacks' {name(a.get('torchattacks'))}"
+            pair = f"{name(a.get('ours'))} (ours) and {name(a.get('torchattacks'))}"
             n, flagged = int(a.get("disagreements") or 0), a.get("flagged_classes") or []
             if flagged:
                 out.append(Check("PGD cross-check", FAIL, f"{pair} disagree on more than one example in classes "
@@ -80,18 +80,18 @@ def audit_checks(audit: dict, labels: dict[str, str] | None = None, classes: lis
             out.append(Check("Attack strength", OK, f"{strong} is at least as strong as {weak}: {accs}{on}."))
     aa = audit.get("autoattack_agreement")
     for a in aa if isinstance(aa, list) else []:
-        pair = f"torchattacks' {name(a.get('torchattacks'))} against the reference {name(a.get('reference'))}"
+        pair = f"{name(a.get('torchattacks'))} against the reference {name(a.get('reference'))}"
         weaker, n = a.get("library_weaker_classes") or [], int(a.get("disagreements") or 0)
         accs = f"robust {_pct(a.get('torchattacks_acc'))} against {_pct(a.get('reference_acc'))}"
         if weaker:
-            out.append(Check("AutoAttack cross-check", FAIL, f"{pair.capitalize()}: the library found fewer "
+            out.append(Check("AutoAttack cross-check", FAIL, f"{pair}: the library found fewer "
                                                              f"adversarial examples in classes "
                                                              f"{_classes(weaker, classes)} ({accs})."))
         elif n:
-            out.append(Check("AutoAttack cross-check", WARN, f"{pair.capitalize()}: they differ on {n} examples, "
+            out.append(Check("AutoAttack cross-check", WARN, f"{pair}: they differ on {n} examples, "
                                                              f"never with the library weaker in a class ({accs})."))
         else:
-            out.append(Check("AutoAttack cross-check", OK, f"{pair.capitalize()}: same examples broken ({accs})."))
+            out.append(Check("AutoAttack cross-check", OK, f"{pair}: same examples broken ({accs})."))
     rescoring = audit.get("rescoring")
     if isinstance(rescoring, dict) and rescoring:
         bad = {k: r for k, r in rescoring.items() if not (isinstance(r, dict) and r.get("matches"))}
