@@ -214,6 +214,8 @@ class AttackSpec:
         import json
 
         fields = {"spec": self.to_dict(), "seed": int(seed)}
+        if self.metadata.get("plugin"):  # a plugin's attack kind (benchmark.plugins): an edited source evaluates anew
+            fields["plugin_sha256"] = self.metadata["plugin"]["sha256"]
         if not self.metadata.get("batch_invariant"):
             fields["batch_size"] = int(batch_size)
         return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]

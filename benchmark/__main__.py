@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait-locked", action="store_true", help="do not wait at the end for cells that another "
                    "run holds locked: list them and exit 3")
     p.add_argument("--list-methods", action="store_true", help="list registered methods and their presets")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                   help="load a plugin that registers methods, models, datasets or attacks: a .py file or an "
+                   "importable module (repeatable; added to the profile's plugins)")
+    p.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="live tracking to tensorboard, mlflow or wandb (repeatable or a comma list; each needs "
+                   "its extra: pip install 'tailrobust[tensorboard]')")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--quiet", action="store_true", help="for logs: no progress bars, no per-cell tables; "
                    "one line per cell and the grid summary")
@@ -80,8 +86,10 @@ def _run(args) -> int:
     from .console import format_failed_summary
     from .executors import is_failed, make_executor, resolve_device, run_grid
     from .runner import check_grid_data
+    from .plugins import load_plugins
 
     if args.list_methods:
+        load_plugins(args.plugin)
         for line in describe_methods():
             print(line)
         return 0
@@ -89,8 +97,11 @@ def _run(args) -> int:
         raise UsageError(f"data root {args.data_root} does not exist or is not a folder")
     overrides = {"methods": args.methods, "imbalance_ratios": args.irs, "seeds": args.seeds, "epochs": args.epochs,
                  "eps": args.eps, "data_root": args.data_root, "download": args.download, "device": args.device,
-                 "amp": args.amp}
-    cells = expand_grid(load_profile(args.profile), overrides)
+                 "amp": args.amp, "trackers": args.log or None}
+    profile = load_profile(args.profile)
+    if args.plugin and isinstance(profile.get("plugins") or [], list):  # the profile's plugins, then these
+        profile["plugins"] = [*(profile.get("plugins") or []), *args.plugin]
+    cells = expand_grid(profile, overrides)
     from .cluster import cli as cluster_cli
 
     cluster = cluster_cli.make(args)

@@ -36,6 +36,8 @@ from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
 from .selection import BEST, Selector
 from .train import TrainingFailed, load_resume_state, train
+from .plugins import load_plugins
+from .tracking import Trackers
 
 
 class DataFault(RuntimeError):
@@ -162,6 +164,7 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
     The cell is run under its lock (:class:`~benchmark.cell_lock.CellLock`): while another live process
     owns it, nothing is touched and ``{"status": "locked", "cell_key", "owner"}`` comes back."""
     plan = cell if isinstance(cell, Plan) else cell.resolve()
+    load_plugins(plan.plugins)  # in whichever process runs the cell (a device worker, a Ray task, a Slurm job)
     cell_dir = Path(results_dir) / plan.key
     status = plan_status(plan, results_dir)
     if status == "done" and not force:
@@ -182,7 +185,11 @@ def run_cell(cell, results_dir: Path, force: bool = False, progress: bool = True
             return json.loads((cell_dir / METRICS_FILE).read_text())
         if status == "evaluate" and not force:
             return evaluate_trained(plan, data, cell_dir, progress)
-        return _run_owned(plan, data, cell_dir, status, force, progress)
+        trackers = Trackers(plan.trackers, cell_dir, results_dir, plan.key, plan.record(), data.classes)
+        try:  # live tracking (benchmark.tracking): each epoch's log record, then the finished record's numbers
+            return trackers.finish(_run_owned(plan, data, cell_dir, status, force, progress, trackers.log_epoch))
+        finally:
+            trackers.close()
 
 
 def remove_stale_temporaries(cell_dir: Path) -> list[Path]:
@@ -225,7 +232,7 @@ def is_locked(metrics: dict) -> bool:
     return metrics.get("status") == "locked"
 
 
-def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progress: bool) -> dict:
+def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progress: bool, on_epoch=None) -> dict:
     """The body of :func:`run_cell`, run while this process holds the cell's lock."""
     cfg = plan
     device = pick_device(plan.device)
@@ -252,7 +259,7 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
     model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
     try:
         cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir),
-                     progress=progress)
+                     progress=progress, on_epoch=on_epoch)
     except TrainingFailed as err:
         return _fail(cell_dir, plan, "training", err.cause, err.epoch, err.step)
     except ForeignCellFile as err:

@@ -18,6 +18,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,7 +149,8 @@ def _trim_log(path: Path, last_epoch: int) -> None:
 
 
 def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,
-          device: torch.device, selector: Selector | None = None, progress: bool = True) -> dict:
+          device: torch.device, selector: Selector | None = None, progress: bool = True,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record.
 
     ``selector`` scores epochs under the plan's model-selection rule (``runner.make_selector``); without
@@ -254,6 +256,8 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             postfix.update(mon_clean=f"{record['monitor_clean_acc']:.2f}",
                            mon_rob=f"{record[f'monitor_{monitor_attack.name}_acc']:.2f}")
         epochs.set_postfix(postfix)
+        if on_epoch is not None:  # live trackers (benchmark.tracking): the record, once it is in log.jsonl
+            on_epoch(record)
     selector.restore_best(model, method, device)
     return {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
