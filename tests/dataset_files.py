@@ -153,6 +153,28 @@ def write_dermamnist(root: Path, train=SMALL_TRAIN, val=VAL_COUNTS, test=TEST_CO
 
 
 
+IMAGEFOLDER_CLASSES = ["cat", "dog", "fox"]
+
+
+def write_imagefolder(root: Path, counts=(6, 5, 4), test_per_class: int = 2, size=(12, 10), mode: str = "RGB") -> dict:
+    """torchvision's ImageFolder layout, real PNG files: root/train/<class>/<n>.png and root/test/<class>/<n>.png
+    (classes IMAGEFOLDER_CLASSES); returns the written pixels per split as uint8 [N, C, H, W] and labels."""
+    rng = np.random.RandomState(3)
+    written = {}
+    for split, per_class in (("train", list(counts)), ("test", [test_per_class] * len(counts))):
+        images, labels = [], []
+        for label, (name, count) in enumerate(zip(IMAGEFOLDER_CLASSES, per_class)):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for n in range(count):
+                channels = 1 if mode == "L" else 3
+                pixels = rng.randint(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
+                Image.fromarray(pixels[..., 0] if mode == "L" else pixels).save(root / split / name / f"{n:03d}.png")
+                images.append(pixels.transpose(2, 0, 1))
+                labels.append(label)
+        written[split] = (np.stack(images), np.array(labels))
+    return written
+
+
 def _idx(folder: str, compressed: bool):
     def write(root: Path) -> int:
         write_idx_dataset(root / folder / "raw", compressed)
@@ -174,4 +196,5 @@ WRITERS = {  # dataset name -> writer(root) -> how many classes the files hold
     "cifar100": _written(write_cifar100, 100),
     "tinyimagenet": _written(write_tiny_imagenet, len(WNIDS)),  # 3 of its 200 classes: enough for the format
     "dermamnist": _written(write_dermamnist, len(SMALL_TRAIN)),
+    "imagefolder": _written(write_imagefolder, len(IMAGEFOLDER_CLASSES)),
 }

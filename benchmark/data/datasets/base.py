@@ -48,11 +48,15 @@ class ImageDataset:
         return tuple(self.x_train.shape[1:])
 
 
-def register_dataset(name: str, *, classes: int, image_shape: tuple[int, int, int], natural_imbalance: bool = False,
+def register_dataset(name: str, *, classes: int | None, image_shape: tuple[int, int, int] | None,
+                     natural_imbalance: bool = False,
                      normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None, embedded: bool = False,
                      layout: str = "", **metadata):
-    """Decorator: register ``loader(root, download) -> ImageDataset`` as dataset ``name`` with its metadata."""
-    return _DATASETS.register(name, classes=classes, image_shape=tuple(image_shape),
+    """Decorator: register ``loader(root, download) -> ImageDataset`` as dataset ``name`` with its metadata.
+
+    ``classes`` and ``image_shape`` None: whatever the files hold (imagefolder). A ``fingerprint(root) -> str``
+    in the metadata says the files under ``root`` are the dataset: the config keys cells by it."""
+    return _DATASETS.register(name, classes=classes, image_shape=None if image_shape is None else tuple(image_shape),
                               natural_imbalance=natural_imbalance, normalization=normalization, embedded=embedded,
                               layout=layout, **metadata)
 
