@@ -309,7 +309,7 @@ def _evaluate_and_record(plan: Plan, data, cell_dir: Path, method, model, device
     added = [spec.name for spec in attack_specs]
     result = evaluate(inference, x_eval, y_eval, attack_specs, plan.eval_batch_size, device, seed=plan.seed,
                       progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR,
-                      owner=_owner(plan))
+                      owner=_owner(plan), progress_every_s=plan.progress_every_s)
     predictions, records = result["predictions"], result["records"]
     if previous is not None:  # the attacks evaluated before stay, except those evaluated again now
         old_predictions, old_records, old_specs = _previous_evaluation(cell_dir, previous, y_eval.numpy())

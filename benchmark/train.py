@@ -2,7 +2,8 @@
 
 Per step the method computes its own loss (including any attack); the loop only steps the
 optimizer. Loss sums stay on the device until the epoch ends, so the hot loop never syncs with the
-host. At each epoch end one line of ``log.jsonl`` is written, then a checkpoint (model, optimizer,
+host. At each epoch end one line of ``log.jsonl`` is written, then, at most every ``checkpoint_every_s``
+seconds and after the last epoch, a checkpoint (model, optimizer,
 scheduler, method state, RNG states, the cell key and config hash) atomically, the one before it kept as
 ``checkpoint.prev.pt``; a restarted run resumes from the newest readable of the two (a truncated newest
 one falls back to the epoch before, with a warning), which holds only tensors and builtins and is loaded
@@ -34,11 +35,12 @@ from .evaluate import InferenceModel, predict
 from .metrics import per_class_recall
 from .plan import Plan
 from .selection import Selector
-from .fastpath import autocast, prepare_model
+from .fastpath import autocast, prepare_model, resolve_cuda_graphs
 from .atomic import UnsafeFile, load_torch_plain, save_torch_atomic, write_text_atomic
 from .cell import (CHECKPOINT_FILE, LOG_FILE, PREVIOUS_CHECKPOINT_FILE, ForeignCellFile, config_hash,
                    ownership_problem, set_aside)
 
+_clock = time.monotonic  # the checkpoint cadence's clock (tests replace it)
 _CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "method", "rng", "epoch", "step", "train_seconds")
 
 
@@ -163,7 +165,14 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     model.to(device)
     prepare_model(model, plan.speed)  # channels_last, cudnn.benchmark, compile: as the plan records them
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    graphs = resolve_cuda_graphs(plan.config.get("cuda_graphs", False), device, method)  # requested, used, why
+    if graphs["used"]:
+        from .cuda_graph import capturable_sgd
+
+        optimizer = capturable_sgd(model.parameters(), plan.lr, plan.momentum, plan.weight_decay, device)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum,
+                                    weight_decay=plan.weight_decay)
     steps_per_epoch = len(x_train) // plan.batch_size if plan.drop_last else -(-len(x_train) // plan.batch_size)
     milestones = list(plan.milestone_epochs)
     if plan.schedule_unit == "iteration":
@@ -191,6 +200,17 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
         start_epoch, seconds, ctx.step = state["epoch"] + 1, state["train_seconds"], state["step"]
         _trim_log(log_path, state["epoch"])
     resumed_from = start_epoch if start_epoch else None
+
+    def step(xb, yb):
+        return train_step(model, optimizer, method, ctx, xb, yb, autocast(plan.speed["amp"], device))
+
+    if graphs["used"]:
+        from .cuda_graph import CapturedStep
+
+        step = CapturedStep(model, optimizer, method, ctx, plan.speed["amp"], step)
+    if state is None:
+        _trim_log(log_path, -1)  # epochs a crash logged before any checkpoint are run again
+    last_checkpoint = _clock()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -211,7 +231,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
         for xb, yb in tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{plan.epochs}", leave=False,
                            disable=None if progress else True):
             xb = augment(to_float(xb), plan.augment, generator)
-            out = train_step(model, optimizer, method, ctx, xb, yb, autocast(plan.speed["amp"], device))
+            out = step(xb, yb)
             if plan.schedule_unit == "iteration":
                 scheduler.step()
             loss_sum += out.loss.detach() * len(yb)
@@ -223,7 +243,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
                 stats_sum[name] = stats_sum.get(name, 0) + value * len(yb)
             seen += len(yb)
         _check_epoch(epoch, seen, loss_sum, first_bad_step, model, ctx.step, plan.batch_size, len(x_train))
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])  # a device tensor for the captured step
         if plan.schedule_unit == "epoch":
             scheduler.step()
         method.on_epoch_end(ctx)
@@ -235,8 +255,10 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             **{name: float(value) / max(seen, 1) for name, value in stats_sum.items()},
         }
         if (epoch + 1) % plan.monitor_every == 0 or epoch == plan.epochs - 1:
+            monitor_started = time.perf_counter()
             record.update(monitor(inference, x_monitor, y_monitor, monitor_attack, data.num_classes,
                                   plan.eval_batch_size, device))
+            record["monitor_seconds"] = time.perf_counter() - monitor_started  # its cost, beside the epoch's
         record.update(method.log_epoch(record, ctx))  # the method's own per-epoch diagnostics (TAET's plateau)
         score = selector.observe(epoch, inference, model, method, device)
         if score is not None:
@@ -245,12 +267,17 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             record["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         with log_path.open("a") as handle:  # log first: a log ahead of the checkpoint is trimmed on resume
             handle.write(json.dumps(record) + "\n")
-        save_checkpoint(cell_dir, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
-            "train_seconds": seconds, "config": plan.config, "selection": selector.state_dict(),
-            "cell_key": plan.key, "config_hash": config_hash(plan.resolved),
-        })
+        # at most every checkpoint_every_s (0: every epoch), after the last epoch, and with each new best model
+        # (best.pt and the selector's state in the checkpoint stay one choice); a resume redoes the epochs since
+        if (_clock() - last_checkpoint >= plan.checkpoint_every_s or epoch == plan.epochs - 1
+                or selector.best_epoch == epoch):
+            save_checkpoint(cell_dir, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "method": method.state_dict(), "rng": _rng_state(generator), "epoch": epoch, "step": ctx.step,
+                "train_seconds": seconds, "config": plan.config, "selection": selector.state_dict(),
+                "cell_key": plan.key, "config_hash": config_hash(plan.resolved),
+            })
+            last_checkpoint = _clock()
         postfix = {"loss": f"{record['loss']:.3f}", "acc": f"{record['train_acc']:.2f}"}
         if "monitor_clean_acc" in record:
             postfix.update(mon_clean=f"{record['monitor_clean_acc']:.2f}",
@@ -262,7 +289,18 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     return {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
             "model_selection": selector.record(plan.epochs),
-            "method_diagnostics": method.diagnostics()}
+            "method_diagnostics": method.diagnostics(), "cuda_graphs": _graph_record(graphs, step)}
+
+
+def _graph_record(graphs: dict, step) -> dict:
+    """The cost record's ``cuda_graphs``: what was asked, whether the captured step ran, and why not."""
+    record = dict(graphs)
+    captured = getattr(step, "record", None)
+    if captured is not None:
+        record.update(captured)
+        if captured["failed"]:
+            record.update(used=False, why=captured["failed"])
+    return record
 
 
 def _check_epoch(epoch: int, seen: int, loss_sum: torch.Tensor, first_bad_step: torch.Tensor,

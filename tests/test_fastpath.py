@@ -99,6 +99,64 @@ def test_resolve_speed_needs_no_config():
                                                                  "cuda_graphs": False}
 
 
+# --- cuda_graphs ----------------------------------------------------------------------------------
+
+def test_cuda_graphs_defaults_to_false_and_false_leaves_the_cell_key_as_it_was(no_cuda):
+    from benchmark.cell import _identity
+
+    cfg = Config().validate()
+    assert cfg.cuda_graphs is False and cfg.resolved()["cuda_graphs"] is False
+    assert "cuda_graphs" not in _identity(cfg.resolved())  # every eager cell keeps the key it had before
+    assert Config(cuda_graphs="auto").validate().key() == cfg.key()  # auto off CUDA: the eager step
+
+
+@pytest.mark.parametrize("method_name, requested, used", [("at", "auto", True), ("taet", True, True),
+                                                          ("at", False, False), ("las_at", "auto", False),
+                                                          ("las_at", True, False)])
+def test_cuda_graphs_runs_only_on_cuda_for_a_graph_safe_method(fake_cuda, method_name, requested, used):
+    cfg = Config(method=method_name, cuda_graphs=requested).validate()
+    assert cfg.resolved()["cuda_graphs"] is used and cfg.resolve().speed["cuda_graphs"] is used
+    plain = Config(method=method_name).validate()
+    assert (cfg.key() != plain.key()) == used  # in the key when it runs
+
+
+def test_cuda_graphs_says_why_it_falls_back():
+    from benchmark.fastpath import resolve_cuda_graphs
+    from methods import get_method
+
+    assert resolve_cuda_graphs("false", "cuda", get_method("at")) == {"requested": False, "used": False,
+                                                                      "why": "cuda_graphs: false"}
+    on_cpu = resolve_cuda_graphs(True, "cpu", get_method("at"))
+    assert on_cpu["used"] is False and on_cpu["requested"] is True and "no CUDA" in on_cpu["why"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: True)
+        unsafe = resolve_cuda_graphs("auto", "cuda:0", get_method("las_at"))
+        assert unsafe["used"] is False and "las_at is not graph-safe" in unsafe["why"] and "item" in unsafe["why"]
+        assert resolve_cuda_graphs("auto", "cuda:0", get_method("reat"))["used"] is True
+    with pytest.raises(UsageError, match="cuda_graphs must be auto, true or false"):
+        resolve_cuda_graphs("yes please", "cpu", get_method("at"))
+
+
+def test_cuda_graphs_true_on_a_cpu_trains_the_eager_step_and_records_why(tmp_path, no_cuda):
+    data = _tiny_cell(128)
+    logs, costs = [], []
+    for requested in (False, True):
+        cfg = Config(method="at", model="small_cnn", model_args={"width": 0.25}, epochs=1, batch_size=64, eps=0.1,
+                     device="cpu", monitor_per_class=1, cuda_graphs=requested,
+                     train_attack={"kind": "pgd", "steps": 2, "step_size": "eps/4", "start": "normal"},
+                     monitor_attack={"kind": "pgd", "steps": 1, "step_size": "eps/4", "start": "uniform"}).validate()
+        torch.manual_seed(0)
+        folder = tmp_path / str(requested)
+        folder.mkdir()
+        costs.append(train(cfg.resolve(), data, create_method("at"), create_model(cfg.model, 10, 1, **cfg.model_args),
+                           folder, torch.device("cpu"), progress=False))
+        logs.append(json.loads((folder / "log.jsonl").read_text()))
+    assert costs[0]["cuda_graphs"] == {"requested": False, "used": False, "why": "cuda_graphs: false"}
+    assert costs[1]["cuda_graphs"]["requested"] is True and costs[1]["cuda_graphs"]["used"] is False
+    assert "no CUDA" in costs[1]["cuda_graphs"]["why"]
+    assert logs[0]["loss"] == logs[1]["loss"]  # the same eager step ran
+
+
 # --- the same math ----------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -227,3 +285,28 @@ def test_fast_switches_on_cuda_train_close_to_the_plain_path(tmp_path, switches)
         losses.append(json.loads((tmp_path / name / "log.jsonl").read_text())["loss"])
     assert abs(losses[1] - losses[0]) <= 1e-2 * abs(losses[0])
     torch.backends.cudnn.benchmark = False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method_name", ["at", "taet", "reat"])
+def test_captured_step_trains_like_the_eager_step_on_cuda(tmp_path, method_name):
+    """Two epochs with cuda_graphs on and off from the same seed: the graph ran (captures, replays) and the
+    logged losses agree to fused SGD's rounding and PGD's sign flips."""
+    data = _tiny_cell(512)
+    logs, costs = [], []
+    for on in (False, True):
+        cfg = Config(method=method_name, method_args={"ce_epochs": 1} if method_name == "taet" else {},
+                     model="small_cnn", model_args={"width": 0.5}, epochs=2, batch_size=64, eps=0.1,
+                     device="cuda", monitor_per_class=1, cuda_graphs=on).validate()
+        torch.manual_seed(cfg.seed)
+        method = create_method(cfg.method, **cfg.method_args)
+        model = method.wrap_model(create_model(cfg.model, 10, 1, **cfg.model_args))
+        (tmp_path / str(on)).mkdir()
+        costs.append(train(cfg.resolve(), data, method, model, tmp_path / str(on), torch.device("cuda"),
+                           progress=False))
+        logs.append([json.loads(line) for line in (tmp_path / str(on) / "log.jsonl").read_text().splitlines()])
+    graph = costs[1]["cuda_graphs"]
+    assert graph["used"] is True and graph["failed"] is None and graph["captures"] >= 1 and graph["replays"] > 0
+    for eager, captured in zip(*logs):
+        assert abs(captured["loss"] - eager["loss"]) <= 1e-2 * abs(eager["loss"])

@@ -41,6 +41,9 @@ BAD_CONFIGS = [
     ("unknown test split", {"test_split": "lt"}, "test_split"),
     ("unknown selection", {"selection": "best"}, "selection"),
     ("unknown amp", {"amp": "fp8"}, "amp"),
+    ("unknown cuda_graphs", {"cuda_graphs": "sometimes"}, "cuda_graphs must be auto, true or false"),
+    ("checkpoint interval negative", {"checkpoint_every_s": -5}, "checkpoint_every_s"),
+    ("progress interval not a number", {"progress_every_s": "often"}, "progress_every_s"),
     # values out of range
     ("IR below 1", {"imbalance_ratios": [0.5]}, "imbalance ratio"),
     ("IR NaN", {"imbalance_ratios": [float("nan")]}, "imbalance ratio"),

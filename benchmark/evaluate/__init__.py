@@ -64,12 +64,13 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
             desc: str | None = None, num_classes: int | None = None, seed: int = 0,
             progress_path: Path | None = None, owner: dict | None = None,
-            example_ids: torch.Tensor | None = None) -> tuple[np.ndarray, dict]:
+            example_ids: torch.Tensor | None = None, progress_every_s: float = 0.0) -> tuple[np.ndarray, dict]:
     """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers.
 
-    With ``progress_path`` the predictions so far (and the random generator's state) are saved after
-    every batch, and a re-started call continues where the interrupted one stopped: a long AutoAttack
-    evaluation loses at most one batch. ``owner`` (cell key and config hash) is stored with them and
+    With ``progress_path`` the predictions so far (and the random generator's state) are saved after a
+    batch at most every ``progress_every_s`` seconds (0: after every batch), and a re-started call
+    continues where the last save stopped: a long AutoAttack evaluation loses at most one batch or
+    that many seconds. ``owner`` (cell key and config hash) is stored with them and
     checked on resume, so progress copied from another cell is never continued.
 
     An attack registered ``batch_invariant`` draws each example's random start from its own generator,
@@ -89,6 +90,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     was_training = model.training
     model.eval()
     batches = range(meta["done"], n, batch_size)
+    last_saved = time.monotonic()
     for start in tqdm(batches, desc=desc, leave=False, disable=True if desc is None else None):
         started = time.perf_counter()
         xb = x[start:start + batch_size].to(device)
@@ -112,7 +114,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
         with torch.no_grad():  # re-score: the robust prediction is the model's label for the returned input
             preds[start:start + len(yb)] = model(xb).argmax(dim=1).cpu().numpy()
         meta["done"], meta["seconds"] = start + len(yb), meta["seconds"] + time.perf_counter() - started
-        if progress_path is not None and meta["done"] < n:
+        if progress_path is not None and meta["done"] < n and time.monotonic() - last_saved >= progress_every_s:
+            last_saved = time.monotonic()
             extra = {"generator": generator.get_state().numpy()} if generator is not None else {}
             save_npz_atomic(progress_path, preds=preds, meta=np.array(json.dumps(meta)), **extra)
     model.train(was_training)
@@ -140,7 +143,8 @@ def _add_cascade(total: dict | None, batch: dict) -> dict:
 
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[AttackSpec],
              batch_size: int, device: torch.device, seed: int = 0, progress: bool = True,
-             num_classes: int | None = None, progress_dir: Path | None = None, owner: dict | None = None) -> dict:
+             num_classes: int | None = None, progress_dir: Path | None = None, owner: dict | None = None,
+             progress_every_s: float = 0.0) -> dict:
     """Clean and per-attack predictions on the same examples, with seconds and sanity records per attack.
 
     An attack with ``per_class`` runs on a fixed class-stratified subset of x (seed 0, the same for every
@@ -160,14 +164,14 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     hook = model.register_forward_pre_hook(count_train_mode)
     try:
         _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                       predictions, records, train_mode_calls, owner)
+                       predictions, records, train_mode_calls, owner, progress_every_s)
     finally:
         hook.remove()
     return {"predictions": predictions, "records": records}
 
 
 def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                   predictions, records, train_mode_calls, owner=None) -> None:
+                   predictions, records, train_mode_calls, owner=None, progress_every_s: float = 0.0) -> None:
     for attack in [None, *attacks]:
         calls_before = train_mode_calls[0]
         name = "clean" if attack is None else attack.name
@@ -181,7 +185,7 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         path = None if progress_dir is None or attack is None else Path(progress_dir) / f"{name}.npz"
         pred, sanity = predict(model, x[t], y[t], attack, batch_size, device, generator,
                                desc=f"eval {name}" if progress else None, num_classes=num_classes, seed=seed,
-                               progress_path=path, owner=owner, example_ids=t)
+                               progress_path=path, owner=owner, example_ids=t, progress_every_s=progress_every_s)
         full = np.full(len(y), -1, dtype=np.int64)
         full[idx] = pred
         predictions[name] = full
