@@ -113,7 +113,7 @@ def _kill_after_first_epoch(cell_dir: Path, epochs: int, killed: list, timeout: 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
 def test_a_worker_killed_mid_cell_is_retried_and_resumes_from_its_checkpoint(local_ray, tmp_path):
-    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4)
+    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4, checkpoint_every_s=0)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
     killer.start()
@@ -182,7 +182,7 @@ def test_ctrl_c_on_the_driver_cancels_the_running_cell_and_keeps_finished_ones(l
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
 def test_a_worker_that_dies_more_often_than_max_retries_is_recorded_failed_with_the_cause(local_ray, tmp_path):
-    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4)
+    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4, checkpoint_every_s=0)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
     killer.start()

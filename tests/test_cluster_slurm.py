@@ -114,7 +114,7 @@ def _signal_job_after_first_epoch(cell_dir: Path, epochs: int, args: list[str], 
 
 
 def _interrupted_cell(tmp_path, scancel_args: list[str]):
-    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=5)
+    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=5, checkpoint_every_s=0)
     sent: list[str] = []
     signaller = threading.Thread(target=_signal_job_after_first_epoch,
                                  args=(tmp_path / "slurm" / plan.key, 5, scancel_args, sent))
