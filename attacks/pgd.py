@@ -3,7 +3,11 @@
 Every attack takes a model mapping inputs in [0, 1] to logits, runs it in eval mode (BatchNorm
 uses running statistics, as in the AT-BSL/TRADES-family code), restores the mode it found,
 and returns adversarial inputs that stay in [0, 1] and within ε of x. Gradients are taken with
-respect to the input only (``torch.autograd.grad``), so no weight gradients are accumulated.
+respect to the input only (``torch.autograd.grad``), so no weight gradient is computed or accumulated:
+the autograd engine runs only the backward nodes on the way to x_adv. Freezing the parameters as well
+(``frozen_parameters``) saves no FLOP (counted: 20 forward-equivalents per 10-step attack either way) and
+under bf16 autocast it disables the weight-cast cache (every forward re-casts every weight), so the
+attacks leave the parameters as they are (issue #17).
 """
 from __future__ import annotations
 
@@ -51,7 +55,8 @@ def eval_mode(model: torch.nn.Module):
 
 @contextmanager
 def frozen_parameters(model: torch.nn.Module):
-    """Stop parameters from requiring grad inside the block, so attack steps compute input gradients only."""
+    """Stop parameters from requiring grad inside the block. The attacks no longer need it (input-only
+    ``autograd.grad`` already skips weight gradients); kept for code outside the harness that uses it."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     for p, _ in flags:
         p.requires_grad_(False)
@@ -131,7 +136,7 @@ def pgd(
     x_adv = random_start(x, eps, start, generator)
     if steps <= 0:
         return x_adv
-    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
             loss = loss_fn(model(x_adv), y)

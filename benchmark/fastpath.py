@@ -6,8 +6,8 @@
 * ``cudnn_benchmark``: cuDNN times its convolution algorithms once per input shape and keeps the
   fastest. A global flag of the process, so ``prepare_model`` sets it for every cell, on or off.
 * ``torch_compile``: ``nn.Module.compile()`` in place (state-dict keys and checkpoints unchanged).
-  Off by default: the attack runs the model in eval mode with frozen parameters, training in train
-  mode with trainable ones, monitoring under no_grad, so one model compiles into several graphs;
+  Off by default: the attack runs the model in eval mode, training in train mode, monitoring under
+  no_grad, so one model compiles into several graphs;
   the first steps of a run pay for that, and a model copied with ``copy.deepcopy`` (LAS-AT's
   look-ahead) has not been tried compiled.
 
@@ -27,7 +27,8 @@ too (bf16 on CUDA, none elsewhere); its default stays ``none``. bf16 runs only o
 The rest of the fast path was already in the loop and is not switched (checked for issue #7):
 data resident on the device as uint8 with batched crop + flip there (the policy augmentations
 RandAugment/AutoAugment run per image on the CPU, see ``transforms.policy_per_image``); attack
-steps take input-only gradients (``torch.autograd.grad`` inside ``frozen_parameters``); δ and
+steps take input-only gradients (``torch.autograd.grad`` with respect to x_adv; the parameters are no
+longer frozen around it: that saved no FLOP and disabled bf16 autocast's weight-cast cache); δ and
 x_adv stay fp32 under autocast and every loss is taken on fp32 logits; BatchNorm keeps fp32
 weights and running statistics under bf16 autocast; evaluation never autocasts (fp32, TF32
 convolutions where cuDNN allows them).

@@ -49,7 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from attacks import eval_mode, frozen_parameters
+from attacks import eval_mode
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
@@ -109,7 +109,7 @@ class ADT(Method):
         mu, v = torch.zeros_like(x), torch.zeros_like(x)
         g_mu, g_v = torch.zeros_like(x), torch.zeros_like(x)  # never reset: the authors' accumulation
         last_ce = torch.zeros((), device=x.device)
-        with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+        with eval_mode(model), torch.enable_grad():  # gradients w.r.t. (μ, v) only: no weight gradient
             for _ in range(h["steps"]):
                 mu.requires_grad_(True)
                 v.requires_grad_(True)

@@ -60,7 +60,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from attacks import ce_sum, eval_mode, frozen_parameters, project_linf, random_start
+from attacks import ce_sum, eval_mode, project_linf, random_start
 from benchmark.errors import UsageError
 
 from .base import LossOut, Method, register_method
@@ -76,7 +76,7 @@ def geometry_aware_pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     x = x.detach().float()
     x_adv = random_start(x, eps, start, generator)
     kappa = torch.zeros(len(x), dtype=torch.long, device=x.device)
-    with eval_mode(model), frozen_parameters(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():  # input-only gradients: no weight gradient is computed
         for _ in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)

@@ -35,7 +35,7 @@ def test_tiny_run_writes_every_field_with_a_positive_ratio(tiny_run):
     assert tiny_run["speedup"] > 0
     assert tiny_run["speedup"] == pytest.approx(tiny_run["fast"]["images_per_s"] / tiny_run["naive"]["images_per_s"])
     assert tiny_run["fast"]["settings"] == {"channels_last": False, "cudnn_benchmark": False, "torch_compile": False,
-                                            "amp": "none"}
+                                            "amp": "none", "cuda_graphs": False}
     assert tiny_run["eval_pgd"]["attack"]["steps"] == 20 and tiny_run["eval_pgd"]["images_per_s"] > 0
 
 
