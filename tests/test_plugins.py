@@ -191,7 +191,8 @@ def test_the_example_plugin_is_compared_with_at_and_at_bsl_in_one_command_on_one
     profile, results = tmp_path / "tiny.yaml", tmp_path / "results"
     profile.write_text(TINY_PROFILE.replace("eval_per_class: 20", "eval_per_class: 10"))
     code, out, err = _main("--profile", str(profile), "--results", str(results), "--plugin", str(EXAMPLE),
-                           "--methods", "at,at_bsl,focal_at", "--epochs", "1", "--devices", "cpu,cpu", "--quiet")
+                           "--methods", "at,at_bsl,focal_at", "--irs", "50", "--epochs", "1", "--devices", "cpu,cpu",
+                           "--quiet")
     assert code == 0, err
     folders = sorted(p.name for p in results.iterdir() if not p.name.startswith("."))
     assert [f.split("-")[2] for f in folders] == ["at", "at_bsl", "focal_at"]
