@@ -39,6 +39,18 @@ def test_tiny_run_writes_every_field_with_a_positive_ratio(tiny_run):
     assert tiny_run["eval_pgd"]["attack"]["steps"] == 20 and tiny_run["eval_pgd"]["images_per_s"] > 0
 
 
+def test_tiny_run_counts_host_syncs_per_step_of_every_registered_method(tiny_run):
+    from methods import get_method, list_methods
+
+    syncs = tiny_run["host_syncs"]
+    assert set(syncs) == set(list_methods())
+    for name, record in syncs.items():
+        assert record["graph_safe"] is get_method(name).graph_safe
+        assert (record["syncs"] == 0) == record["graph_safe"], (name, record)  # las_at's policy reads the host
+    assert any("las_at.py" in call for call in syncs["las_at"]["calls"])
+    assert tiny_run["captured"] == {"skipped": "needs CUDA (CUDA graphs)"} and "captured_check" not in tiny_run
+
+
 def test_flop_rule_matches_the_ops_counted_in_one_step_of_each_path(tiny_run):
     flops = tiny_run["flops"]
     assert flops["forward_equivalents_per_image"] == 23  # PGD-10: 10 × 2 + 3
@@ -83,6 +95,10 @@ def test_small_cuda_run_fills_the_gpu_fields(tmp_path):
     assert result["settings"]["tiny"] is False and result["fast"]["peak_memory_mb"] > 0
     assert result["fast"]["settings"]["channels_last"] is True and result["fast"]["settings"]["amp"] == "bf16"
     assert "fast_fp32" in result and result["speedup"] > 0
+    check = result["captured_check"]  # the captured step gives the eager step's losses
+    assert check["matches"], check
+    assert result["captured"]["graph"]["replays"] > 0 and result["captured"]["graph"]["failed"] is None
+    assert result["host_syncs"]["at"]["syncs"] == 0 and result["host_syncs"]["las_at"]["syncs"] > 0
     if result["device_family"] is not None:
         assert result["fast"]["percent_of_peak"] > 0
 

@@ -24,6 +24,13 @@ compares it with the dense peak of the precision the convolutions ran in (bf16, 
 cuDNN allows it, which PyTorch does by default) on a known device, else None. PGD-20 evaluation
 (fp32, 41 F per image) is timed on the fast path's model.
 
+Host syncs per training step of every registered method (``host_syncs``): one step after a warm-up step,
+counted on a CUDA device by its sync debug mode (each synchronizing call warns), elsewhere by
+``benchmark.cuda_graph.HostSyncs`` (the calls that would synchronize on CUDA); a method declared graph-safe
+should show 0. On CUDA the captured step (``benchmark.cuda_graph.CapturedStep``, fused SGD) is timed too
+(``captured``), and ``captured_check`` compares its per-step losses with the eager step's from the same
+weights on the same batches, with no random attack start (``start: none``), so only the capture differs.
+
 On a machine without CUDA (or with ``--tiny``) it runs a tiny configuration (a narrow small_cnn on
 1×28×28 images, a few batches) so that tests cover the code path in seconds; its numbers say
 nothing about a GPU. ``--autoattack-from CELL`` instead times the reference AutoAttack on a trained
@@ -52,7 +59,9 @@ from benchmark.evaluate import InferenceModel, predict
 from benchmark.fastpath import autocast, prepare_model, resolve_speed
 from benchmark.models import create_model
 from benchmark.atomic import load_torch_plain
+from benchmark.cuda_graph import CapturedStep, HostSyncs, capturable_sgd
 from benchmark.train import train_step
+from methods import list_methods
 
 CIFAR10_LT_IR10_TRAIN = 20_431  # training images of CIFAR-10-LT at IR 10 (5000 · 10^(-c/9), floored, summed)
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's datasheets, by the precision the convolutions run in.
@@ -216,8 +225,114 @@ def time_fast(model, x, y, args, device, speed: dict, flops, peaks, num_classes:
     return record, model
 
 
-def _train_attack(args) -> AttackSpec:
-    return AttackSpec(kind="pgd", eps=args.eps, steps=args.steps, step_size=args.eps / 4, start="normal", name="train")
+def _train_attack(args, start: str = "normal") -> AttackSpec:
+    return AttackSpec(kind="pgd", eps=args.eps, steps=args.steps, step_size=args.eps / 4, start=start, name="train")
+
+
+# --- host syncs and the captured step -------------------------------------------------------------------
+
+def count_host_syncs(step, device) -> tuple[int, list[str]]:
+    """Host synchronizations while ``step()`` runs: CUDA's sync debug mode on a CUDA device (each
+    synchronizing call warns), ``HostSyncs`` elsewhere. Returns (count, what they were)."""
+    if device.type != "cuda":
+        with HostSyncs() as guard:
+            step()
+        return len(guard.events), guard.events
+    import warnings
+
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    return len(found), found
+
+
+def host_syncs_per_method(args, device, num_classes: int = 10) -> dict:
+    """{method: {"graph_safe", "syncs", "calls"}}: one training step of each registered method (a narrow
+    small_cnn on a 16-image batch, PGD-2), counted after one warm-up step that builds lazy state."""
+    from methods import get_method
+
+    out = {}
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.rand(16, 1, 28, 28, generator=gen).to(device)
+    y = (torch.arange(16) % num_classes).to(device)
+    counts = torch.tensor([int(40 * 10 ** (-c / (num_classes - 1))) for c in range(num_classes)], device=device)
+    attack = AttackSpec(kind="pgd", eps=args.eps, steps=2, step_size=args.eps / 4, start="normal", name="train")
+    for name in list_methods():
+        torch.manual_seed(args.seed)
+        method = create_method(name)
+        model = method.wrap_model(create_model("small_cnn", num_classes, 1, width=0.25, drop_rate=0.0)).to(device)
+        optimizer = _optimizer(model)
+        ctx = TrainContext(epoch=0, epochs=1, step=0, num_classes=num_classes, class_counts=counts, attack=attack,
+                           device=device)
+
+        def step():
+            train_step(model.train(), optimizer, method, ctx, x, y, autocast("none", device))
+
+        step()  # warm-up: lazily built state, cached class terms
+        n, calls = count_host_syncs(step, device)
+        out[name] = {"graph_safe": bool(get_method(name).graph_safe), "syncs": n, "calls": sorted(set(calls))[:5]}
+    return out
+
+
+def _captured_loop(model, x, y, args, device, speed: dict, num_classes: int, start: str, policy: str,
+                   captured: bool, timed_from: int):
+    """PGD-AT steps with capturable SGD, eager or captured; (per-step losses, images timed, seconds, record)."""
+    prepare_model(model, speed)
+    x_dev, y_dev = x.to(device), y.to(device)
+    method = create_method("at")
+    ctx = TrainContext(epoch=0, epochs=1, step=0, num_classes=num_classes,
+                       class_counts=torch.bincount(y_dev, minlength=num_classes), attack=_train_attack(args, start),
+                       device=device)
+    optimizer = capturable_sgd(model.parameters(), 0.1, 0.9, 5e-4, device)
+
+    def eager(xb, yb):
+        return train_step(model, optimizer, method, ctx, xb, yb, autocast(speed["amp"], device))
+
+    step = CapturedStep(model, optimizer, method, ctx, speed["amp"], eager, args.warmup_steps) if captured else eager
+    generator = torch.Generator().manual_seed(args.seed)
+    model.train()
+    losses, images, started = [], 0, None
+    for i, (xb, yb) in enumerate(iterate_batches(x_dev, y_dev, args.batch_size, shuffle=True, drop_last=True,
+                                                 generator=generator)):
+        if i == timed_from:
+            _sync(device)
+            started = time.perf_counter()
+        xb = augment(to_float(xb), policy, generator)
+        losses.append(step(xb, yb).loss.detach().clone())
+        if started is not None:
+            images += len(yb)
+    _sync(device)
+    seconds = time.perf_counter() - started if started is not None else 0.0
+    return torch.stack(losses).float().cpu(), images, seconds, getattr(step, "record", None)
+
+
+def time_captured(model, x, y, args, device, speed: dict, flops, peaks, num_classes: int) -> dict:
+    """Images/s of the captured step (timed after the warm-up steps and the capture)."""
+    _reset_memory(device)
+    losses, images, seconds, record = _captured_loop(model, x, y, args, device, speed, num_classes, "normal",
+                                                     args.augment, True, args.warmup_steps + 1)
+    out = _record(images, seconds, device, flops, conv_precision(speed["amp"], device), peaks, args.epoch_images,
+                  mean_loss=float(losses[args.warmup_steps + 1:].mean()), settings={**speed, "cuda_graphs": True})
+    out["graph"] = record
+    return out
+
+
+def captured_check(initial, x, y, args, device, speed: dict, num_classes: int) -> dict:
+    """Per-step losses of the eager and the captured step from the same weights on the same batches, no
+    augmentation and no random attack start: the largest relative difference, and whether it is within 1e-4."""
+    eager, _, _, _ = _captured_loop(copy.deepcopy(initial), x, y, args, device, speed, num_classes, "none", "none",
+                                    False, 0)
+    captured, _, _, record = _captured_loop(copy.deepcopy(initial), x, y, args, device, speed, num_classes, "none",
+                                            "none", True, 0)
+    diff = float(((captured - eager).abs() / eager.abs().clamp_min(1e-12)).max())
+    return {"steps": len(eager), "max_relative_difference": diff, "matches": diff <= 1e-4, "tolerance": 1e-4,
+            "eager_losses": eager.tolist(), "captured_losses": captured.tolist(), "graph": record}
 
 
 # --- FLOPs --------------------------------------------------------------------------------------------
@@ -440,6 +555,13 @@ def run(args) -> dict:
         out["fast_fp32"], _ = time_fast(copy.deepcopy(initial), x, y, args, device, {**speed, "amp": "none"}, flops,
                                         peaks, num_classes)
     out["speedup"] = out["fast"]["images_per_s"] / out["naive"]["images_per_s"]
+    if device.type == "cuda":
+        out["captured"] = time_captured(copy.deepcopy(initial), x, y, args, device, speed, flops, peaks, num_classes)
+        out["captured_speedup"] = out["captured"]["images_per_s"] / out["naive"]["images_per_s"]
+        out["captured_check"] = captured_check(initial, x, y, args, device, speed, num_classes)
+    else:
+        out["captured"] = {"skipped": "needs CUDA (CUDA graphs)"}
+    out["host_syncs"] = host_syncs_per_method(args, device)
     out["eval_pgd"] = time_eval_pgd(fast_model, create_method("at"), x_eval, y_eval, args, device, peaks)
     return out
 
@@ -450,8 +572,8 @@ def format_summary(out: dict) -> str:
              f"PGD-{out['settings']['attack']['steps']} AT  {out['flops']['per_image'] / 1e9:.2f} GFLOP/image"
              + ("  (tiny CPU configuration: not a GPU number)" if out["settings"]["tiny"] else "")]
     lines.append(f"{'path':<12}{'images/s':>10}{'s/epoch':>10}{'TFLOP/s':>9}{'% peak':>8}{'peak MB':>9}")
-    for key in ("naive", "fast", "fast_fp32", "eval_pgd"):
-        if key not in out:
+    for key in ("naive", "fast", "fast_fp32", "captured", "eval_pgd"):
+        if key not in out or "skipped" in out[key]:
             continue
         r = out[key]
         pct = "-" if r["percent_of_peak"] is None else f"{r['percent_of_peak']:.1f}"
@@ -460,6 +582,17 @@ def format_summary(out: dict) -> str:
         lines.append(f"{key:<12}{r['images_per_s']:>10.1f}{epoch:>10}{r['achieved_tflops']:>9.3f}{pct:>8}{mem:>9}")
     lines.append(f"fast / naive = {out['speedup']:.2f}x  (s/epoch extrapolated to {out['settings']['epoch_images']:,} "
                  f"images; fast settings {out['fast']['settings']})")
+    if "captured_check" in out:
+        check = out["captured_check"]
+        lines.append(f"captured / naive = {out['captured_speedup']:.2f}x; captured vs eager loss over {check['steps']} "
+                     f"steps: max rel. diff {check['max_relative_difference']:.1e} "
+                     f"({'matches' if check['matches'] else 'DIFFERS'} at {check['tolerance']:g})")
+    syncs = out.get("host_syncs", {})
+    if syncs:
+        safe = ", ".join(f"{n} {r['syncs']}" for n, r in syncs.items() if r["graph_safe"])
+        unsafe = ", ".join(f"{n} {r['syncs']}" for n, r in syncs.items() if not r["graph_safe"])
+        lines.append(f"host syncs per step ({'CUDA sync debug mode' if out['device'] != 'cpu' else 'counted on CPU'}): "
+                     f"graph-safe: {safe}; eager: {unsafe or '-'}")
     return "\n".join(lines)
 
 
