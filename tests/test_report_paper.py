@@ -50,10 +50,12 @@ def test_setting_labels_name_schedule_and_attack_fields_and_fall_back_to_the_has
     assert setting_labels("at", {"s1": base, "s2": same}) == {"s1": "at [s1]", "s2": "at [s2]"}
     many = {f"s{i}": {"a": i, "b": i, "c": i, "d": i} for i in range(2)}
     assert setting_labels("m", many)["s1"] == "m (a=1, b=1, c=1, +1 more)"
-    lists = {"s1": {"eval_attack_specs": [{"kind": "pgd", "steps": 20, "name": "pgd20"}]},
-             "s2": {"eval_attack_specs": [{"kind": "fgsm", "name": "fgsm"}]}}
-    assert setting_labels("at", lists) == {"s1": "at (eval_attack_specs=variant 1)",
-                                           "s2": "at (eval_attack_specs=variant 2)"}
+    lists = {"s1": {"model_args": {"stages": [{"width": 64, "depth": 2}, {"width": 128, "depth": 2}]}},
+             "s2": {"model_args": {"stages": [{"width": 32, "depth": 2}, {"width": 64, "depth": 2}]}}}
+    assert setting_labels("at", lists) == {"s1": "at (stages=variant 1)", "s2": "at (stages=variant 2)"}
+    evaluation_only = {"s1": {"eval_attack_specs": [{"kind": "pgd"}], "eval_batch_size": 500, "epochs": 1},
+                       "s2": {"eval_attack_specs": [{"kind": "fgsm"}], "eval_batch_size": 100, "epochs": 2}}
+    assert setting_labels("at", evaluation_only)["s2"] == "at (epochs=2)"  # evaluation is not a setting
 
 
 def audit_rows(page: str) -> list[tuple[str, str, str, str]]:
@@ -230,7 +232,8 @@ def test_naming_ignores_exactly_what_the_cell_key_leaves_out():
     from benchmark import cell
     from benchmark.report import naming
 
-    assert naming.LOCATION_FIELDS == cell.LOCATION_FIELDS and naming.AS_WRITTEN_FIELDS == cell.AS_WRITTEN_FIELDS
+    for name in ("LOCATION_FIELDS", "PACING_FIELDS", "AS_WRITTEN_FIELDS", "EVALUATION_FIELDS"):
+        assert getattr(naming, name) == getattr(cell, name), name
 
 
 def test_many_classes_the_page_shows_the_tail_most_and_the_rest_behind_show_all(tmp_path, monkeypatch):

@@ -14,12 +14,15 @@ import math
 import numbers
 from typing import Any
 
-# What the cell key leaves out (benchmark.cell LOCATION_FIELDS and AS_WRITTEN_FIELDS: the report reads only the
-# store, so the names are repeated here and a test keeps them equal), plus the seed and the method label itself.
-LOCATION_FIELDS = ("data_root", "download", "device")
+# What the cell key leaves out (benchmark.cell's LOCATION_FIELDS, PACING_FIELDS, AS_WRITTEN_FIELDS and
+# EVALUATION_FIELDS: the report reads only the store, so the names are repeated here and a test keeps them
+# equal), plus the seed and the method label itself.
+LOCATION_FIELDS = ("data_root", "download", "device", "plugins", "trackers")
+PACING_FIELDS = ("checkpoint_every_s", "progress_every_s")
 AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "method_args", "milestones",
                      "select_from")
-IGNORED = set(LOCATION_FIELDS) | set(AS_WRITTEN_FIELDS) | {"seed", "method"}
+EVALUATION_FIELDS = ("eval_attack_specs", "eval_batch_size")
+IGNORED = set(LOCATION_FIELDS + PACING_FIELDS + AS_WRITTEN_FIELDS + EVALUATION_FIELDS) | {"seed", "method"}
 SYMBOLS = {"tau": "τ", "beta": "β", "alpha": "α", "gamma": "γ", "lambda": "λ", "lam": "λ", "kappa": "κ",
            "mu": "μ", "sigma": "σ", "rho": "ρ", "eps": "ε", "epsilon": "ε", "eps_value": "ε", "temperature": "T"}
 PREFIXES = {"method_hparams.": "", "model_args.": "", "train_attack_spec.": "train ", "monitor_attack_spec.": "monitor "}
@@ -27,10 +30,12 @@ MAX_SHOWN = 3  # differences named in a label; more are counted
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as dotted keys; lists stay values."""
+    """Nested dicts as dotted keys; lists stay values. At the top, what the key leaves out is dropped
+    (as benchmark.cell does: cuda_graphs when off, val_fraction unless selection is val_best)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        if not prefix and key in IGNORED:
+        if not prefix and (key in IGNORED or (key == "cuda_graphs" and not value)
+                           or (key == "val_fraction" and config.get("selection") != "val_best")):
             continue
         if isinstance(value, dict) and value:
             out.update(flatten(value, f"{prefix}{key}."))
