@@ -310,3 +310,50 @@ def test_captured_step_trains_like_the_eager_step_on_cuda(tmp_path, method_name)
     assert graph["used"] is True and graph["failed"] is None and graph["captures"] >= 1 and graph["replays"] > 0
     for eager, captured in zip(*logs):
         assert abs(captured["loss"] - eager["loss"]) <= 1e-2 * abs(eager["loss"])
+
+
+# --- compiled kernels (CPU inductor) ----------------------------------------------------------------
+
+@pytest.mark.slow  # inductor compiles two graphs of the small CNN: ~80 s on 2 shared cores (--runslow)
+def test_compiled_step_gives_the_eager_loss_and_compiles_once_per_mode():
+    """The inductor-compiled model (as ``torch_compile: true`` compiles it) gives the eager step's loss within
+    1e-5 over three PGD-AT steps, and the attack's eval-mode forwards and the update's train-mode forward
+    compile one graph each: no recompile when the model switches mode at every step."""
+    import contextlib
+
+    from torch._inductor.compile_fx import compile_fx
+
+    from benchmark.train import train_step
+
+    compiled_graphs = []
+
+    def counting_inductor(graph_module, example_inputs):
+        compiled_graphs.append(graph_module)
+        return compile_fx(graph_module, example_inputs)
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    initial = create_model("small_cnn", 10, 1, width=0.25, drop_rate=0.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28, generator=g), torch.arange(16) % 10
+    attack = AttackSpec(kind="pgd", eps=0.1, steps=2, step_size=0.025, start="none", name="train")
+
+    def losses(model, counts):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        ctx = TrainContext(epoch=0, epochs=1, step=0, num_classes=10, class_counts=torch.ones(10), attack=ATTACK)
+        ctx.attack = attack
+        method = create_method("at")
+        out = []
+        for _ in range(3):
+            out.append(train_step(model.train(), optimizer, method, ctx, x, y, contextlib.nullcontext()).loss.item())
+            counts.append(len(compiled_graphs))
+        return out
+
+    eager = losses(copy.deepcopy(initial), [])
+    model = copy.deepcopy(initial)
+    model.compile(backend=counting_inductor)
+    counts = []
+    compiled = losses(model, counts)
+    torch._dynamo.reset()
+    assert max(abs(a - b) for a, b in zip(eager, compiled)) <= 1e-5, (eager, compiled)
+    assert counts == [2, 2, 2], counts  # eval (attack) and train (update) graphs on the first step, then none
