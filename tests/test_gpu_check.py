@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 import torch
@@ -44,3 +45,41 @@ def test_one_training_epoch_and_evaluation_run_on_cuda(tmp_path, amp):
     assert metrics["cost"]["peak_memory_mb"] > 0
     log = (tmp_path / metrics["cell_key"] / "log.jsonl").read_text().splitlines()
     assert len(log) == 1 and math.isfinite(json.loads(log[0])["loss"])
+
+
+def test_a_stage_past_its_time_limit_is_an_error_in_the_summary_not_a_crash(tmp_path):
+    from benchmark.tools.gpu_check import timed_step
+
+    record = timed_step([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "x.json", timeout=0.5)
+    assert set(record) == {"error"} and record["error"].startswith("timed out after")
+    assert timed_step([sys.executable, "-c", "raise SystemExit(3)"], None, timeout=30) == {"error": "exit code 3"}
+    assert timed_step([sys.executable, "-c", "pass"], None, timeout=30) == {}
+
+
+def test_the_summary_block_shows_each_stage_perf_and_autoattack_with_a_labelled_extrapolation(
+        clean_mnist_model, mnist5k, tmp_path):
+    from benchmark.data.loader import stratified_subset, to_float
+    from benchmark.tools.gpu_check import autoattack_summary, format_summary, perf_summary, timed_step
+    from benchmark.tools.perf import main as perf_main, time_autoattack
+
+    idx = torch.as_tensor(stratified_subset(mnist5k.y_test, 1, seed=0))
+    record = time_autoattack(clean_mnist_model, to_float(mnist5k.x_test[idx]), mnist5k.y_test[idx], 0.3,
+                             torch.device("cpu"), n_classes=10, seed=0)
+    aa = autoattack_summary(record)
+    assert aa["stages"][0]["attacked"] == record["images"] == 10
+    for before, stage in zip(aa["stages"], aa["stages"][1:]):
+        assert stage["attacked"] == before["survivors"]  # each stage attacks what the one before left
+    assert aa["extrapolated_seconds_for_10000_images"] == round(record["seconds"] / 10 * 10_000)
+    assert "extrapolation, not a measurement" in aa["extrapolation_note"]
+
+    assert perf_main(["--tiny", "--device", "cpu", "--out", str(tmp_path / "perf.json")]) == 0
+    perf = perf_summary(json.loads((tmp_path / "perf.json").read_text()))
+    assert perf["host_syncs"]["at"] == 0 and perf["host_syncs"]["las_at"] > 0
+    slow = timed_step([sys.executable, "-c", "import time; time.sleep(30)"], None, timeout=0.5)
+    summary = {"device": "cpu (test)", "stages": {"tests": {"seconds": 0.5, "limit_s": 0.5, "error": slow["error"]}},
+               "cells": [], "perf": perf, "autoattack": aa}
+    block = format_summary(summary)
+    assert block.startswith("=" * 20) and block.count("gpu-check summary") == 1
+    assert "stage tests" in block and "timed out" in block
+    assert "perf fast" in block and "host syncs per step" in block
+    assert "extrapolated seconds for 10000 images" in block and "APGD-CE" in block.upper()
