@@ -183,15 +183,16 @@ def config_hash(resolved: dict) -> str:
     return _digest(_identity(resolved), 16)
 
 
-def ownership_problem(state: dict, cell_dir: Path, expected_hash: str, what: str) -> str | None:
-    """Why a resumable file (checkpoint, progress) does not belong to this cell: its stored key or config
-    hash differs from the folder's (None: it belongs). Files without the fields are from before they existed."""
+def ownership_problem(state: dict, expected_key: str, expected_hash: str, what: str) -> str | None:
+    """Why a resumable file (checkpoint, best model, evaluation progress) does not belong to the cell being
+    run: its stored key or config hash differs from the cell's (None: it belongs). Files without the fields
+    are from before they existed and cannot be shown to belong."""
     key, digest = state.get("cell_key"), state.get("config_hash")
     if key is None or digest is None:
         return (f"{what} carries no cell key or config hash (written by an older harness); it cannot be "
-                f"shown to belong to cell {Path(cell_dir).name}")
-    if key != Path(cell_dir).name or digest != expected_hash:
-        return (f"{what} belongs to cell {key} (config hash {digest}), not to {Path(cell_dir).name} "
+                f"shown to belong to cell {expected_key}")
+    if key != expected_key or digest != expected_hash:
+        return (f"{what} belongs to cell {key} (config hash {digest}), not to {expected_key} "
                 f"(config hash {expected_hash})")
     return None
 

@@ -84,7 +84,8 @@ class Selector:
             return
         state = load_torch_plain(self.best_path, map_location=device)  # plain tensors only: never runs code
         if self.owner is not None:
-            problem = ownership_problem(state, self.best_path.parent, self.owner["config_hash"], str(self.best_path))
+            problem = ownership_problem(state, self.owner["cell_key"], self.owner["config_hash"],
+                                        str(self.best_path))
             if problem:
                 raise ForeignCellFile(f"{problem}: refused")
         if state.get("epoch") != self.best_epoch:

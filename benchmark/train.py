@@ -67,7 +67,7 @@ def load_resume_state(cell_dir: Path, plan: Plan, device: torch.device) -> dict 
             print(f"warning: {path}: unreadable checkpoint ({type(err).__name__}: {detail}); moved to {moved}",
                   file=sys.stderr, flush=True)
             continue
-        problem = ownership_problem(state, cell_dir, expected, str(path))
+        problem = ownership_problem(state, plan.key, expected, str(path))
         if problem:
             raise ForeignCellFile(f"{problem}: refused, not resumed (--retry-failed moves it aside and starts over)")
         return state

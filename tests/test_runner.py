@@ -306,7 +306,6 @@ def test_same_config_gives_the_same_key():
     {"eps": "1/255"},
     {"train_attack": {"kind": "pgd", "steps": 3, "step_size": "eps/4", "start": "normal"}},
     {"train_attack": {"kind": "pgd", "steps": 2, "step_size": "eps/8", "start": "normal"}},
-    {"eval_attacks": [{"kind": "pgd", "steps": 4, "step_size": "eps/4", "start": "uniform"}]},
     {"monitor_attack": {"kind": "pgd", "steps": 3, "step_size": "eps/4", "start": "uniform"}},
     {"weight_decay": 1e-3},
     {"epochs": 3},
@@ -324,9 +323,12 @@ def test_changing_a_method_arg_value_changes_the_key():
     assert len({a.key(), b.key(), c.key()}) == 3
 
 
-@pytest.mark.parametrize("changes", [{"data_root": "/somewhere/else"}, {"device": "cuda:1"}, {"download": True}],
-                         ids=lambda c: ",".join(c))
-def test_changing_a_location_field_keeps_the_key(changes):
+@pytest.mark.parametrize("changes", [
+    {"data_root": "/somewhere/else"}, {"device": "cuda:1"}, {"download": True},
+    {"eval_attacks": [{"kind": "pgd", "steps": 4, "step_size": "eps/4", "start": "uniform"}]},  # keyed per attack
+    {"eval_batch_size": 7},
+], ids=lambda c: ",".join(c))
+def test_changing_a_location_or_evaluation_field_keeps_the_key(changes):
     assert _tiny_config(**changes).key() == _tiny_config().key()
 
 

@@ -51,7 +51,7 @@ def _load_progress(path: Path | None, attack: AttackSpec, n: int, owner: dict | 
               file=sys.stderr, flush=True)
         return None
     if owner is not None:
-        problem = ownership_problem(meta, path.parent.parent, owner["config_hash"], str(path))
+        problem = ownership_problem(meta, owner["cell_key"], owner["config_hash"], str(path))
         if problem:
             print(f"warning: {problem}: refused, the attack starts over", file=sys.stderr, flush=True)
             return None
