@@ -122,7 +122,7 @@ def finished(tmp_path_factory):
     """The tiny profile's one cell, run uninterrupted through the CLI. Do not modify its folder."""
     tmp = tmp_path_factory.mktemp("ownership")
     profile = tmp / "tiny.yaml"
-    profile.write_text(TINY_PROFILE + "checkpoint_every_s: 0\nprogress_every_s: 0\n")  # every epoch, every batch
+    profile.write_text(TINY_PROFILE)
     results = tmp / "results"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["--profile", str(profile), "--results", str(results), "--no-progress"]) == 0
@@ -142,7 +142,7 @@ def test_a_cell_locked_by_another_live_run_is_not_touched_and_comes_back_locked(
 def test_the_grid_lists_cells_locked_elsewhere_and_exits_3_without_waiting(finished, tmp_path, capsys):
     cfg, _ = finished
     profile = tmp_path / "tiny.yaml"
-    profile.write_text(TINY_PROFILE + "checkpoint_every_s: 0\nprogress_every_s: 0\n")  # every epoch, every batch
+    profile.write_text(TINY_PROFILE)
     _write_lock(tmp_path / "results" / cfg.key(), pid=12345, host="node-7")
     code = main(["--profile", str(profile), "--results", str(tmp_path / "results"), "--no-progress",
                  "--no-wait-locked"])

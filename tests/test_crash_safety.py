@@ -24,8 +24,7 @@ from toys import TINY_PROFILE
 
 DRIVER = Path(__file__).with_name("sigkill_driver.py")
 ROOT = Path(__file__).resolve().parents[1]
-PER_EPOCH = "checkpoint_every_s: 0\nprogress_every_s: 0\n"  # a checkpoint every epoch, progress every batch
-GRID = TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1]") + "eval_batch_size: 64\n" + PER_EPOCH
+GRID = TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1]") + "eval_batch_size: 64\n"  # checkpoints every epoch
 STEPS_PER_EPOCH = 25  # 1,600 long-tailed digits, batch 64, drop_last
 
 
@@ -98,7 +97,7 @@ def test_sigkill_at_six_moments_loses_nothing_finished_and_resumes_to_the_uninte
 def test_two_grid_processes_on_one_folder_train_every_cell_exactly_once(grid, tmp_path):
     _, _, _ = grid
     profile = tmp_path / "three.yaml"
-    profile.write_text(TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("epochs: 2", "epochs: 1") + PER_EPOCH)
+    profile.write_text(TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("epochs: 2", "epochs: 1"))
     keys = [cfg.key() for cfg in expand_grid(load_profile(str(profile)))]
     results = tmp_path / "shared"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -56,6 +56,8 @@ monitor_per_class: 5
 eval_attacks:
   - {kind: pgd, steps: 3, step_size: eps/4, start: uniform}
 eval_per_class: 20
+checkpoint_every_s: 0  # a checkpoint every epoch and evaluation progress after every batch: the resume tests
+progress_every_s: 0    # stop the run between epochs and batches (the defaults, 60 s and 5 s, would skip them)
 """
 
 
