@@ -130,9 +130,10 @@ class CapturedStep:
     fails (a sync the CPU check did not see) switches to the eager step for the rest of the run, and
     ``record`` says so."""
 
-    def __init__(self, model, optimizer, method, ctx, amp: str, eager_step, warmup_steps: int = 3):
+    def __init__(self, model, optimizer, method, ctx, amp: str, eager_step, warmup_steps: int = 3,
+                 batch_size: int | None = None):
         self.model, self.optimizer, self.method, self.ctx, self.amp = model, optimizer, method, ctx, amp
-        self.eager_step, self.warmup_steps = eager_step, warmup_steps
+        self.eager_step, self.warmup_steps, self.batch_size = eager_step, warmup_steps, batch_size
         self.graphs: dict = {}  # phase -> (graph, static x, static y, static LossOut)
         self.warmed: dict = {}  # phase -> warm-up steps done
         self.record = {"captures": 0, "replays": 0, "eager_steps": 0, "failed": None}
@@ -162,8 +163,8 @@ class CapturedStep:
         return graph, static_x, static_y, out
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor):
-        if self.record["failed"]:
-            return self._eager(xb, yb)
+        if self.record["failed"] or (self.batch_size is not None and len(yb) != self.batch_size):
+            return self._eager(xb, yb)  # after a failed capture, or a partial batch (never the one captured)
         phase = self.method.graph_phase(self.ctx)
         entry = self.graphs.get(phase)
         if entry is None:

@@ -207,7 +207,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
     if graphs["used"]:
         from .cuda_graph import CapturedStep
 
-        step = CapturedStep(model, optimizer, method, ctx, plan.speed["amp"], step)
+        step = CapturedStep(model, optimizer, method, ctx, plan.speed["amp"], step, batch_size=plan.batch_size)
     if state is None:
         _trim_log(log_path, -1)  # epochs a crash logged before any checkpoint are run again
     last_checkpoint = _clock()

@@ -294,7 +294,8 @@ def _captured_loop(model, x, y, args, device, speed: dict, num_classes: int, sta
     def eager(xb, yb):
         return train_step(model, optimizer, method, ctx, xb, yb, autocast(speed["amp"], device))
 
-    step = CapturedStep(model, optimizer, method, ctx, speed["amp"], eager, args.warmup_steps) if captured else eager
+    step = CapturedStep(model, optimizer, method, ctx, speed["amp"], eager, args.warmup_steps, args.batch_size) \
+        if captured else eager
     generator = torch.Generator().manual_seed(args.seed)
     model.train()
     losses, images, started = [], 0, None
