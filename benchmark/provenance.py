@@ -40,7 +40,7 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str | int]:
     """Versions that can change a number: recorded beside every result."""
     import numpy
     import torch
@@ -48,6 +48,7 @@ def package_versions() -> dict[str, str]:
     from . import __version__
 
     versions = {"tailrobust": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+                "torch_num_threads": torch.get_num_threads(),  # float rounding, so a trained model, depends on it
                 "numpy": numpy.__version__,
                 "platform": platform.platform(), "cuda": torch.version.cuda or "none"}
     try:

@@ -215,6 +215,7 @@ def test_a_finished_record_carries_the_cell_key_and_config_hash(finished):
     state = torch.load(done_cell / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     assert (state["cell_key"], state["config_hash"]) == (cfg.key(), config_hash(cfg.resolved()))
     assert record["versions"]["tailrobust"] == cell_module.__version__
+    assert isinstance(record["versions"]["torch_num_threads"], int)  # float rounding depends on it: recorded
 
 
 def test_evaluation_progress_of_another_cell_is_not_continued(tmp_path, capsys):
