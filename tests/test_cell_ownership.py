@@ -226,8 +226,8 @@ def test_evaluation_progress_of_another_cell_is_not_continued(tmp_path, capsys):
     np.savez(folder / "pgd.npz", preds=np.array([1, 2, -1, -1]), meta=np.array(json.dumps(meta)))
     assert _load_progress(folder / "pgd.npz", spec, 4, {"cell_key": "cell-a", "config_hash": "1" * 16}) is None
     assert "belongs to cell cell-b" in capsys.readouterr().err
-    own = _load_progress(folder / "pgd.npz", spec, 4, {"cell_key": "cell-b", "config_hash": "0" * 16})
-    assert own is None  # the folder is cell-a's: a file naming cell-b there is foreign whatever it claims
+    other_hash = _load_progress(folder / "pgd.npz", spec, 4, {"cell_key": "cell-b", "config_hash": "1" * 16})
+    assert other_hash is None  # the same key with another config hash is another config
     mine = {**meta, "cell_key": "cell-a", "config_hash": "1" * 16}
     np.savez(folder / "pgd.npz", preds=np.array([1, 2, -1, -1]), meta=np.array(json.dumps(mine)))
     loaded = _load_progress(folder / "pgd.npz", spec, 4, {"cell_key": "cell-a", "config_hash": "1" * 16})
