@@ -57,3 +57,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def finished_tiny(tmp_path_factory):
+    """The tiny profile (tests/toys.py: one cell of PGD-AT, 2 epochs) run once per session through the CLI on
+    one thread: ``(tmp, profile, results, cfg)``. Read-only: tests that change a cell copy ``results``."""
+    import contextlib
+    import io
+
+    from benchmark.__main__ import main
+    from benchmark.config import expand_grid, load_profile
+    from toys import TINY_PROFILE
+
+    tmp = tmp_path_factory.mktemp("finished_tiny")
+    profile = tmp / "tiny.yaml"
+    profile.write_text(TINY_PROFILE)
+    results = tmp / "results"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["--profile", str(profile), "--results", str(results), "--no-progress", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    (cfg,) = expand_grid(load_profile(str(profile)))
+    return tmp, profile, results, cfg

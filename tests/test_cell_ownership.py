@@ -7,10 +7,8 @@ and the result equals an uninterrupted run. A cell key covers the harness versio
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -29,7 +27,6 @@ import benchmark.runner as runner_module
 from benchmark.__main__ import main
 from benchmark.cell import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, cell_key, cell_status, config_hash
 from benchmark.cell_lock import LOCK_FILE, CellLock, read_owner
-from benchmark.config import expand_grid, load_profile
 from benchmark.evaluate import _load_progress
 from benchmark.runner import run_cell
 from attacks import AttackSpec
@@ -118,15 +115,9 @@ def test_the_owner_heartbeat_keeps_the_lock_fresh(tmp_path, monkeypatch):
 # --- cells under their lock -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """The tiny profile's one cell, run uninterrupted through the CLI. Do not modify its folder."""
-    tmp = tmp_path_factory.mktemp("ownership")
-    profile = tmp / "tiny.yaml"
-    profile.write_text(TINY_PROFILE)
-    results = tmp / "results"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--profile", str(profile), "--results", str(results), "--no-progress"]) == 0
-    (cfg,) = expand_grid(load_profile(str(profile)))
+def finished(finished_tiny):
+    """The session's finished tiny cell: (cfg, its folder). Do not modify it."""
+    _, _, results, cfg = finished_tiny
     return cfg, results / cfg.key()
 
 

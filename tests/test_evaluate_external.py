@@ -8,10 +8,9 @@ mismatched checkpoint is one line and exit 2.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,25 +18,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.__main__ import main as grid_main
-from benchmark.config import expand_grid, load_profile
 from benchmark.evaluate_external import main
 from benchmark.store import load_results
-from toys import TINY_PROFILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(finished_tiny, tmp_path_factory):
+    """A copy of the session's finished tiny cell, and its weights saved as a DataParallel-style state_dict."""
+    _, profile, done, cfg = finished_tiny
     tmp = tmp_path_factory.mktemp("external")
-    profile = tmp / "tiny.yaml"
-    profile.write_text(TINY_PROFILE)
     results = tmp / "results"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert grid_main(["--profile", str(profile), "--results", str(results), "--no-progress", "--quiet"]) == 0
-    (cfg,) = expand_grid(load_profile(str(profile)))
+    shutil.copytree(done, results)
     weights = tmp / "elsewhere.pth"
     state = torch.load(results / cfg.key() / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, weights)  # as DataParallel saves

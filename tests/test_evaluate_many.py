@@ -6,9 +6,7 @@ the batch size of an evaluation changes no prediction of an attack whose random 
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import io
 import json
 import shutil
 
@@ -29,14 +27,9 @@ WITH_FGSM = TINY_PROFILE.replace("eval_attacks:\n", "eval_attacks:\n  - {kind: f
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evalmany")
-    profile = tmp / "tiny.yaml"
-    profile.write_text(TINY_PROFILE)
-    results = tmp / "results"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["--profile", str(profile), "--results", str(results), "--no-progress", "--quiet"]) == 0
-    (cfg,) = expand_grid(load_profile(str(profile)))
+def finished(finished_tiny):
+    """The session's finished tiny cell: (tmp, results, cfg). Do not modify it."""
+    tmp, _, results, cfg = finished_tiny
     return tmp, results, cfg
 
 
