@@ -83,3 +83,18 @@ def finished_tiny(tmp_path_factory):
         torch.set_num_threads(before)
     (cfg,) = expand_grid(load_profile(str(profile)))
     return tmp, profile, results, cfg
+
+
+@pytest.fixture(scope="session")
+def four_cell_local(tmp_path_factory):
+    """The cluster tests' 4-cell grid (tests/cluster_grid.py) run once by the local executor on one thread, as
+    their workers run: the metrics per cell that every executor must reproduce."""
+    from cluster_grid import grid_plans, quiet_grid
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics, _ = quiet_grid(grid_plans(), tmp_path_factory.mktemp("four_cells") / "local")
+    finally:
+        torch.set_num_threads(before)
+    return metrics

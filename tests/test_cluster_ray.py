@@ -4,8 +4,6 @@ checkpoint with the same metrics, a cell that raises is recorded failed while th
 missing extra is one line."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -18,14 +16,14 @@ import yaml
 
 from benchmark.__main__ import main
 from benchmark.config import expand_grid
-from benchmark.executors import run_grid
 from toys import TINY_PROFILE
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'tailrobust[ray]')")
 from benchmark.cluster.ray_executor import RayExecutor  # noqa: E402
 
+from cluster_grid import GRID, grid_plans as _plans, per_class as _per_class, quiet_grid as _quiet_grid  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-GRID = {"methods": ["at", "taet"], "imbalance_ratios": [10, 20], "seeds": [0], "epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +35,12 @@ def local_ray():
     ray.shutdown()
 
 
-def _plans(**changes):
-    return [cfg.resolve("cpu") for cfg in expand_grid({**yaml.safe_load(TINY_PROFILE), **GRID, **changes})]
-
-
-def _quiet_grid(plans, results, executor=None):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        metrics = run_grid(plans, results, progress=False, quiet=True, executor=executor)
-    return metrics, out.getvalue()
-
-
-def _per_class(metrics: dict) -> dict:
-    return {name: a["per_class_correct"] for name, a in metrics["evaluation"]["attacks"].items()}
-
-
 @pytest.fixture(scope="module")
-def ray_grid(local_ray, tmp_path_factory):
+def ray_grid(local_ray, four_cell_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     plans = _plans()
     ray_metrics, printed = _quiet_grid(plans, tmp / "ray", RayExecutor(num_cpus=1, num_gpus=0))
-    local_metrics, _ = _quiet_grid(plans, tmp / "local")
-    return {"plans": plans, "ray": ray_metrics, "local": local_metrics, "printed": printed, "results": tmp / "ray"}
+    return {"plans": plans, "ray": ray_metrics, "local": four_cell_local, "printed": printed, "results": tmp / "ray"}
 
 
 def test_four_cell_grid_on_ray_gives_the_local_executors_metrics(ray_grid):

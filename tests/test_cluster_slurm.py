@@ -5,8 +5,6 @@ submission runs nothing, a job signalled as preempted mid-cell (``scancel --sign
 resumes from its checkpoint, a job cancelled outright is submitted again, --dry-run prints the jobs."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import subprocess
@@ -15,19 +13,17 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from benchmark.__main__ import main
-from benchmark.config import expand_grid
-from benchmark.executors import run_grid
 from toys import TINY_PROFILE
 
 pytest.importorskip("submitit", reason="submitit is not installed (pip install 'tailrobust[slurm]')")
 from benchmark.cluster.resources import parse_time  # noqa: E402
 from benchmark.cluster.slurm_executor import SlurmExecutor  # noqa: E402
 
+from cluster_grid import grid_plans as _plans, per_class as _per_class, quiet_grid as _quiet_grid  # noqa: E402
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-GRID = {"methods": ["at", "taet"], "imbalance_ratios": [10, 20], "seeds": [0], "epochs": 1}
 STATUS_FILE = Path(os.environ.get("TAILROBUST_SLURM_STATUS", "/tmp/tailrobust-slurm.status"))
 
 
@@ -54,29 +50,14 @@ def _executor(**kw) -> SlurmExecutor:
     return SlurmExecutor(cluster=CLUSTER, num_cpus=1, num_gpus=0, mem_gb=2, time_min=10, poll=0.5, **kw)
 
 
-def _plans(**changes):
-    return [cfg.resolve("cpu") for cfg in expand_grid({**yaml.safe_load(TINY_PROFILE), **GRID, **changes})]
-
-
-def _quiet_grid(plans, results, executor=None):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        metrics = run_grid(plans, results, progress=False, quiet=True, executor=executor)
-    return metrics, out.getvalue()
-
-
-def _per_class(metrics: dict) -> dict:
-    return {name: a["per_class_correct"] for name, a in metrics["evaluation"]["attacks"].items()}
-
-
 @pytest.fixture(scope="module")
-def slurm_grid(tmp_path_factory):
+def slurm_grid(four_cell_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slurm")
     plans = _plans()
     started = time.perf_counter()
     jobs, printed = _quiet_grid(plans, tmp / "slurm", _executor())
     seconds = time.perf_counter() - started
-    local, _ = _quiet_grid(plans, tmp / "local")
+    local = four_cell_local
     print(f"4-cell grid through submitit ({CLUSTER}): {seconds:.1f} s")
     return {"plans": plans, "jobs": jobs, "local": local, "printed": printed, "results": tmp / "slurm"}
 
