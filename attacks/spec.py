@@ -11,6 +11,8 @@ Step sizes are absolute in a spec; a profile may write them relative to ε ("eps
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
@@ -210,9 +212,6 @@ class AttackSpec:
     def evaluation_key(self, seed: int, batch_size: int) -> str:
         """What one evaluation of this attack on a cell's evaluation subset is keyed by: its spec and seed, and
         the batch size only for an attack whose random draws depend on batching (``batch_invariant`` False)."""
-        import hashlib
-        import json
-
         fields = {"spec": self.to_dict(), "seed": int(seed)}
         if self.metadata.get("plugin"):  # a plugin's attack kind (benchmark.plugins): an edited source evaluates anew
             fields["plugin_sha256"] = self.metadata["plugin"]["sha256"]

@@ -138,8 +138,10 @@ def _run(args) -> int:
         print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
         return 1
     if locked:
+        from .cell_lock import describe as describe_owner
+
         print(f"{len(locked)} cell(s) not run here: locked by another run (" +
-              "; ".join(f"{m['cell_key']}: pid {m['owner'].get('pid')} on {m['owner'].get('host')}" for m in locked)
+              "; ".join(f"{m['cell_key']}: {describe_owner(m['owner'])}" for m in locked)
               + "); run the same command again once it is done", file=sys.stderr, flush=True)
         return 3
     return 0
@@ -192,21 +194,16 @@ def evaluable_only(plans, results: Path) -> list:
 
 def note_other_versions(results: Path, plans) -> None:
     """One line for finished cells of the same configs made by another harness version (not reused)."""
+    from . import __version__
     from .runner import cells_of_other_versions
 
     other = cells_of_other_versions(results, plans)
     if other:
         versions = sorted({v for _, v in other})
         print(f"note: {len(other)} finished cell(s) in {results} have the config of a cell of this grid but were made "
-              f"by tailrobust {', '.join(versions)}; they are not reused (this version {_version()} runs them "
+              f"by tailrobust {', '.join(versions)}; they are not reused (this version {__version__} runs them "
               f"anew; the report shows both): {', '.join(name for name, _ in other[:5])}"
               + (" ..." if len(other) > 5 else ""), file=sys.stderr, flush=True)
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def argv_of(args) -> list[str]:

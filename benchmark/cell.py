@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.npz"  # per-example labels and predictions of every attack, for audits
 EVAL_PROGRESS_DIR = "eval_progress"  # per-attack partial predictions while an evaluation runs (resumable)
 SUPERSEDED_DIR = "superseded"
+LOCK_FILE = "lock.json"  # the process that owns the cell (benchmark.cell_lock)
 
 # What the cell key leaves out of the resolved config: where things are, and the as-written forms whose
 # resolved values (eps_value, *_spec(s), method_hparams, milestone_epochs) it hashes instead.
@@ -67,7 +68,7 @@ class ForeignCellFile(RuntimeError):
     """A checkpoint (or other file a cell resumes from) that belongs to another cell or config: refused."""
 
 
-def set_aside(cell_dir: Path, only: tuple[str, ...] | None = None, keep: tuple[str, ...] = ("lock.json",)) -> Path:
+def set_aside(cell_dir: Path, only: tuple[str, ...] | None = None, keep: tuple[str, ...] = (LOCK_FILE,)) -> Path:
     """Move a cell's files (or only those named) into ``superseded/<time>/`` (never overwrite or delete
     results): before a forced re-run or a retry, or a damaged file. The cell's lock stays where it is."""
     cell_dir = Path(cell_dir)

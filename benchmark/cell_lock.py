@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-LOCK_FILE = "lock.json"
+from .cell import LOCK_FILE
+
 DEFAULT_STALE_AFTER_S = 6 * 3600.0
 HEARTBEAT_S = 60.0
 

@@ -26,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .errors import OneLineParser, UsageError
@@ -161,16 +160,17 @@ def external_config(plan, args, checkpoint_sha: str, normalization) -> dict:
 
 def evaluate_external(args) -> dict:
     """Evaluate the checkpoint and write its cell record; return the record (JSON)."""
-    from .atomic import save_npz_atomic, write_text_atomic
+    from .atomic import write_text_atomic
     from .audit import build_audit, zero_gradient_fraction
-    from .cell import CONFIG_FILE, PREDICTIONS_FILE, CellRecord, cell_key, cell_status, config_hash, read_record, \
+    from .cell import CONFIG_FILE, LOCK_FILE, CellRecord, cell_key, cell_status, config_hash, read_record, \
         set_aside, write_record
     from .cell_lock import CellLock
     from .data.prepare import evaluation_subset
     from .evaluate import InferenceModel, evaluate
     from .metrics import summarize_evaluation
     from .provenance import cpu_name, harness_commit, package_versions
-    from .runner import attack_above_clean, load_checked_data, outside_worst_case, pick_device
+    from .runner import (attack_above_clean, data_info, load_checked_data, outside_worst_case, pick_device,
+                         save_predictions)
     import yaml
 
     plan = external_plan(args)
@@ -198,7 +198,7 @@ def evaluate_external(args) -> dict:
     with CellLock(cell_dir, key) as lock:
         if not lock.acquired:
             raise UsageError(f"{key} is being evaluated by pid {lock.owner.get('pid')} on {lock.owner.get('host')}")
-        if any(p.name != "lock.json" for p in cell_dir.iterdir()):
+        if any(p.name != LOCK_FILE for p in cell_dir.iterdir()):
             set_aside(cell_dir)
         write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(resolved, sort_keys=False))
         x_eval, y_eval, eval_idx = evaluation_subset(plan, data)
@@ -220,12 +220,7 @@ def evaluate_external(args) -> dict:
             cell_key=key, config_hash=config_hash(resolved),
             finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             method={"name": EXTERNAL_METHOD, "preset": args.name, "hparams": {}},
-            data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": plan.imbalance_ratio,
-                  "subset_seed": plan.subset_seed, "train_counts": data.train_counts,
-                  "train_size": int(sum(data.train_counts)), "test_split": plan.test_split,
-                  "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
-                  "eval_examples": int(len(y_eval)),
-                  "eval_subset": "all" if eval_idx is None else f"{plan.eval_per_class} per class, seed 0"},
+            data=data_info(plan, data, summary, len(y_eval), eval_idx),
             seeds={"training": None, "subset": plan.subset_seed, "eval_attack_start": 0},
             evaluation={**summary, "attack_records": result["records"]},
             model_selection={"rule": "external", "label": "external checkpoint", "metric": "none", "attack": None,
@@ -235,8 +230,7 @@ def evaluate_external(args) -> dict:
                   "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
                   "harness_commit": harness_commit(), "steps": 0},
             config=resolved, versions=package_versions(), extra={"external": source})
-        save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y, eval_indices=np.arange(len(y)) if eval_idx is None else eval_idx,
-                        **{f"pred_{name}": pred for name, pred in result["predictions"].items()})
+        save_predictions(cell_dir, y, eval_idx, result["predictions"])
         write_record(cell_dir, record)
     print(f"{key}: external model {args.name} evaluated on {len(y)} examples; record in {cell_dir}", flush=True)
     return record.to_json()

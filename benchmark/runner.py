@@ -29,8 +29,8 @@ from .models import create_model
 from .plan import Plan
 from .atomic import save_npz_atomic, write_json_atomic, write_text_atomic
 from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, METRICS_FILE, PREDICTIONS_FILE,
-                   PREVIOUS_CHECKPOINT_FILE, CellRecord, ForeignCellFile, cell_status, config_hash, non_finite_path, read_record, record_problem,
-                   set_aside, write_failure, write_record)
+                   PREVIOUS_CHECKPOINT_FILE, CellRecord, ForeignCellFile, cell_key, cell_status, config_hash,
+                   non_finite_path, read_record, record_problem, set_aside, write_failure, write_record)
 from .cell_lock import CellLock, describe as describe_owner
 from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
@@ -207,8 +207,6 @@ def cells_of_other_versions(results_dir: Path, plans: list[Plan]) -> list[tuple[
     """Finished folders in ``results_dir`` whose config is that of a planned cell but whose key is not,
     because another harness version made them (its key covers the version): ``(folder, its version)``.
     They are listed, not reused: this version's numbers may differ from theirs."""
-    from .cell import cell_key
-
     planned = {p.key for p in plans}
     found = []
     for folder in sorted(Path(results_dir).iterdir()) if Path(results_dir).is_dir() else ():
@@ -234,7 +232,6 @@ def is_locked(metrics: dict) -> bool:
 
 def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progress: bool, on_epoch=None) -> dict:
     """The body of :func:`run_cell`, run while this process holds the cell's lock."""
-    cfg = plan
     device = pick_device(plan.device)
     if (force or status == "failed") and status != "new":  # a forced run or a retry starts over
         moved = set_aside(cell_dir)
@@ -358,13 +355,7 @@ def _evaluate_and_record(plan: Plan, data, cell_dir: Path, method, model, device
         config_hash=config_hash(plan.resolved),
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         method={"name": method.name, "preset": plan.method_preset, "hparams": method.hparams},
-        data={"dataset": data.name, "classes": data.classes, "imbalance_ratio": plan.imbalance_ratio,
-              "subset_seed": plan.subset_seed, "train_counts": data.train_counts,
-              "train_size": int(sum(data.train_counts)),
-              "test_split": "natural" if is_naturally_imbalanced(data.name) else plan.test_split,
-              "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
-              "eval_examples": int(len(y_eval)),
-              "eval_subset": "all" if eval_idx is None else f"{plan.eval_per_class} per class, seed 0"},
+        data=data_info(plan, data, summary, len(y_eval), eval_idx),
         seeds={"training": plan.seed, "subset": plan.subset_seed, "eval_attack_start": plan.seed},
         evaluation={**summary, "attack_records": records},
         model_selection=cost.pop("model_selection") if previous is None else previous.model_selection,
@@ -380,14 +371,29 @@ def _evaluate_and_record(plan: Plan, data, cell_dir: Path, method, model, device
         write_text_atomic(cell_dir / CONFIG_FILE, yaml.safe_dump(plan.record(), sort_keys=False))
         print(f"{cell_dir.name}: evaluated {', '.join(cost['evaluations_added'][-1]['attacks'])} on the trained model "
               f"(no training); the previous record is in {moved}", file=sys.stderr, flush=True)
-    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
-                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
-                    **{f"pred_{name}": pred for name, pred in predictions.items()})
+    save_predictions(cell_dir, y_eval.numpy(), eval_idx, predictions)
     # tidy before the record: a finished cell is never touched again, and a crash here only costs a re-evaluation
     shutil.rmtree(cell_dir / EVAL_PROGRESS_DIR, ignore_errors=True)  # partial attack results, now in predictions.npz
     (cell_dir / PREVIOUS_CHECKPOINT_FILE).unlink(missing_ok=True)  # the final checkpoint stays; its fallback is done
     write_record(cell_dir, record)
     return record.to_json()
+
+
+def save_predictions(cell_dir: Path, y: np.ndarray, eval_idx: np.ndarray | None, predictions: dict) -> None:
+    """``predictions.npz``: the evaluated labels, their indices in the test split and every attack's predictions."""
+    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y, eval_indices=np.arange(len(y)) if eval_idx is None else eval_idx,
+                    **{f"pred_{name}": pred for name, pred in predictions.items()})
+
+
+def data_info(plan: Plan, data, summary: dict, eval_examples: int, eval_idx: np.ndarray | None) -> dict:
+    """The record's ``data`` block: what was trained on and what was evaluated."""
+    return {"dataset": data.name, "classes": data.classes, "imbalance_ratio": plan.imbalance_ratio,
+            "subset_seed": plan.subset_seed, "train_counts": data.train_counts,
+            "train_size": int(sum(data.train_counts)),
+            "test_split": "natural" if is_naturally_imbalanced(data.name) else plan.test_split,
+            "balanced_robustness_equals_robust_accuracy": len(set(summary["test_support"]) - {0}) <= 1,
+            "eval_examples": int(eval_examples),
+            "eval_subset": "all" if eval_idx is None else f"{plan.eval_per_class} per class, seed 0"}
 
 
 def _fail_evaluation(cell_dir, plan, cause, steps, y_eval, eval_idx, predictions, previous) -> dict:
@@ -397,9 +403,7 @@ def _fail_evaluation(cell_dir, plan, cause, steps, y_eval, eval_idx, predictions
               file=sys.stderr, flush=True)
         return {"status": "failed", "cell_key": cell_dir.name, "config": plan.record(),
                 "failure": {"stage": "evaluation", "epoch": None, "step": None, "cause": cause}}
-    save_npz_atomic(cell_dir / PREDICTIONS_FILE, y=y_eval.numpy(),
-                    eval_indices=np.arange(len(y_eval)) if eval_idx is None else eval_idx,
-                    **{f"pred_{name}": pred for name, pred in predictions.items()})
+    save_predictions(cell_dir, y_eval.numpy(), eval_idx, predictions)
     return _fail(cell_dir, plan, "evaluation", cause, plan.epochs - 1, steps)
 
 
@@ -418,14 +422,13 @@ def evaluate_trained(plan: Plan, data, cell_dir: Path, progress: bool) -> dict:
               "(a finished cell keeps checkpoint.pt for this); its record is unchanged (--force retrains it)",
               file=sys.stderr, flush=True)
         return previous.to_json()
-    del state
     seed_everything(plan.seed)
     method = create_method(plan.method, **plan.method_args)
     model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
+    # the last epoch's checkpoint: train() restores it (and the selected epoch) and runs no epoch
     try:
-        cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir), progress=False)
-    except ForeignCellFile as err:
+        cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir),
+                     progress=False, resume_state=state)
+    except ForeignCellFile as err:  # the selected epoch's best.pt of another cell
         return _fail(cell_dir, plan, "resume", str(err), None, None)
-    if cost["resumed_from_epoch"] != plan.epochs:
-        raise RuntimeError(f"{cell_dir.name}: its checkpoint is not of the last epoch; cannot evaluate without training")
     return _evaluate_and_record(plan, data, cell_dir, method, model, device, cost, progress, previous=previous)

@@ -146,17 +146,17 @@ def _trim_log(path: Path, last_epoch: int) -> None:
             dropped += 1
     if dropped:
         print(f"warning: {path}: {dropped} unreadable line(s) dropped on resume", file=sys.stderr, flush=True)
-    save_text = "".join(f"{line}\n" for line in kept)
-    write_text_atomic(path, save_text)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
 
 
 def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, cell_dir: Path,
           device: torch.device, selector: Selector | None = None, progress: bool = True,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, resume_state: dict | None = None) -> dict:
     """Train ``model`` in place (resuming from ``cell_dir`` if a checkpoint is there); return the cost record.
 
     ``selector`` scores epochs under the plan's model-selection rule (``runner.make_selector``); without
-    one the final epoch's model is kept, which only a plan with ``selection: final`` allows."""
+    one the final epoch's model is kept, which only a plan with ``selection: final`` allows.
+    ``resume_state``: the checkpoint, when the caller has already loaded it with :func:`load_resume_state`."""
     cell_dir = Path(cell_dir)
     if selector is None:
         if plan.selection != "final":
@@ -189,7 +189,7 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
 
     start_epoch, seconds = 0, 0.0
     log_path = cell_dir / LOG_FILE
-    state = load_resume_state(cell_dir, plan, device)
+    state = resume_state if resume_state is not None else load_resume_state(cell_dir, plan, device)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

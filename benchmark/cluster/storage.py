@@ -19,11 +19,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..cell import CHECKPOINT_FILE, METRICS_FILE, cell_status, read_record, write_failure
+from ..cell import CHECKPOINT_FILE, LOCK_FILE, METRICS_FILE, cell_status, read_record, write_failure
 from ..errors import UsageError
 from ..plan import Plan
 
-LOCAL_ONLY = ("lock.json",)
+LOCAL_ONLY = (LOCK_FILE,)
 
 
 def is_url(location: str) -> bool:
