@@ -88,13 +88,12 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SYMBOLS.get(ch, ch) for ch in out)
 
 
-def to_latex(table: Table) -> str:
-    if table.kind == "compact":
-        return to_latex_float(table)
-    marks = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
-    lines = [f"% {latex_escape(table.title)}"] + [f"% {latex_escape(n)}" for n in table.notes]
-    lines += [r"% needs \usepackage{booktabs}",
-              r"\begin{tabular}{" + "".join("r" if c.numeric else "l" for c in table.columns) + "}", r"\toprule"]
+_LATEX_MARKS = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
+
+
+def _latex_header(table: Table) -> list[str]:
+    r"""The column-group row with its rules (when the table has groups), the column labels and ``\midrule``."""
+    lines = []
     if table.has_groups:
         spans, rules, start = [], [], 1
         for label, n in table.group_spans:
@@ -103,19 +102,26 @@ def to_latex(table: Table) -> str:
                 rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
             start += n
         lines += [" & ".join(spans) + r" \\", " ".join(rules)]
-    lines.append(" & ".join(latex_escape(c.label) for c in table.columns) + r" \\")
-    lines.append(r"\midrule")
+    return lines + [" & ".join(latex_escape(c.label) for c in table.columns) + r" \\", r"\midrule"]
+
+
+def to_latex(table: Table) -> str:
+    if table.kind == "compact":
+        return to_latex_float(table)
+    lines = [f"% {latex_escape(table.title)}"] + [f"% {latex_escape(n)}" for n in table.notes]
+    lines += [r"% needs \usepackage{booktabs}",
+              r"\begin{tabular}{" + "".join("r" if c.numeric else "l" for c in table.columns) + "}", r"\toprule"]
+    lines += _latex_header(table)
     for row in table.rows:
-        lines.append(" & ".join(marks[c.mark] % latex_escape(c.text) for c in row) + r" \\")
+        lines.append(" & ".join(_LATEX_MARKS[c.mark] % latex_escape(c.text) for c in row) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines) + "\n"
 
 
 def _latex_number(cell) -> str:
     r"""``58.6 ± 1.4`` as ``58.6\,{\scriptsize$\pm$1.4}``, the mark on the value only."""
-    marks = {"best": r"\textbf{%s}", "second": r"\underline{%s}", "": "%s"}
     value, _, spread = cell.text.partition(" ± ")
-    text = marks[cell.mark] % latex_escape(value)
+    text = _LATEX_MARKS[cell.mark] % latex_escape(value)
     return text + (rf"\,{{\scriptsize$\pm${latex_escape(spread)}}}" if spread else "")
 
 
@@ -132,16 +138,7 @@ def to_latex_float(table: Table) -> str:
               r"% needs \usepackage{booktabs}", rf"\begin{{{env}}}[t]", r"\centering", r"\small",
               r"\setlength{\tabcolsep}{3pt}",
               r"\begin{tabular}{" + "".join("r" if c.numeric else "l" for c in table.columns) + "}", r"\toprule"]
-    if table.has_groups:
-        spans, rules, start = [], [], 1
-        for label, n in table.group_spans:
-            spans.append(rf"\multicolumn{{{n}}}{{c}}{{{latex_escape(label)}}}" if label else " & ".join([""] * n))
-            if label:
-                rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
-            start += n
-        lines += [" & ".join(spans) + r" \\", " ".join(rules)]
-    lines.append(" & ".join(latex_escape(c.label) for c in table.columns) + r" \\")
-    lines.append(r"\midrule")
+    lines += _latex_header(table)
     for row in table.rows:
         lines.append(" & ".join(_latex_number(c) if col.numeric else latex_escape(c.text)
                                 for c, col in zip(row, table.columns)) + r" \\")
