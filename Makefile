@@ -54,7 +54,7 @@ clean-venv:
 gpu-check:
 	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m benchmark.tools.gpu_check
 
-# Training speed: a naive PGD-10 AT loop vs our fast path, same data and model (JSON in results/perf.json).
+# Training speed: naive and fair PGD-10 AT loops vs our fast and captured paths, interleaved (JSON in results/perf.json).
 # On a CUDA machine CIFAR ResNet-18; without one a tiny CPU configuration. PERF_ARGS passes options through.
 PERF_ARGS ?=
 perf:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -23,10 +24,12 @@ def tiny_run(tmp_path_factory):
 
 
 def test_tiny_run_writes_every_field_with_a_positive_ratio(tiny_run):
-    for key in ("device", "torch", "settings", "flops", "peak_tflops", "naive", "fast", "speedup", "eval_pgd"):
+    for key in ("device", "torch", "settings", "flops", "peak_tflops", "naive", "fair", "fast", "speedup", "ratios",
+                "eval_pgd"):
         assert key in tiny_run
     assert tiny_run["device"] == "cpu" and tiny_run["settings"]["tiny"] is True
-    for path in ("naive", "fast"):
+    assert tiny_run["paths"] == ["naive", "fair", "fast"]  # no bf16, no CUDA graphs, no --compile on the CPU
+    for path in ("naive", "fair", "fast"):
         record = tiny_run[path]
         assert set(PATH_FIELDS) <= set(record)
         assert record["images"] == tiny_run["settings"]["timed_images"] and record["images_per_s"] > 0
@@ -37,6 +40,43 @@ def test_tiny_run_writes_every_field_with_a_positive_ratio(tiny_run):
     assert tiny_run["fast"]["settings"] == {"channels_last": False, "cudnn_benchmark": False, "torch_compile": False,
                                             "amp": "none", "cuda_graphs": False}
     assert tiny_run["eval_pgd"]["attack"]["steps"] == 20 and tiny_run["eval_pgd"]["images_per_s"] > 0
+
+
+def test_each_path_reports_the_median_and_spread_of_its_interleaved_windows(tiny_run):
+    settings = tiny_run["settings"]
+    per_window = settings["steps_per_window"] * settings["batch_size"]
+    assert settings["windows"] == 3 and settings["timed_images"] == 3 * per_window
+    for path in tiny_run["paths"]:
+        record = tiny_run[path]
+        rates = [per_window / s for s in record["window_seconds"]]
+        assert record["windows"] == 3 and len(rates) == 3
+        assert record["images_per_s"] == pytest.approx(statistics.median(rates))
+        assert record["images_per_s_min"] == pytest.approx(min(rates))
+        assert record["images_per_s_max"] == pytest.approx(max(rates))
+        assert record["spread"] == pytest.approx((max(rates) - min(rates)) / statistics.median(rates))
+        assert record["seconds"] == pytest.approx(sum(record["window_seconds"]))
+    ratios = tiny_run["ratios"]
+    assert ratios["naive"]["vs_naive"] == 1 and ratios["fair"]["vs_fair"] == 1
+    assert ratios["fast"]["vs_fair"] == pytest.approx(tiny_run["fast"]["images_per_s"] / tiny_run["fair"]["images_per_s"])
+    assert tiny_run["fair"]["settings"] == {"workers": 0, "cudnn_benchmark": False, "pinned": False}  # CPU
+
+
+@pytest.mark.parametrize("argv, message", [(["--windows", "2"], "--windows must be at least 3"),
+                                           (["--paths", "naive,warp"], "unknown path(s) warp"),
+                                           (["--images", "16"], "at least one batch per window")])
+def test_bad_timing_options_are_refused_in_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--tiny", "--device", "cpu", *argv])
+    assert message in str(stop.value) and "\n" not in str(stop.value)
+
+
+def test_paths_option_times_only_the_paths_asked_for(tmp_path):
+    out = tmp_path / "perf.json"
+    assert main(["--tiny", "--device", "cpu", "--paths", "fair,captured", "--no-host-syncs", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["paths"] == ["fair"] and result["captured"] == {"skipped": "needs CUDA (CUDA graphs)"}
+    assert "naive" not in result and "fast" not in result and "host_syncs" not in result
+    assert result["ratios"] == {"fair": {"vs_naive": None, "vs_fair": 1.0}}
 
 
 def test_tiny_run_counts_host_syncs_per_step_of_every_registered_method(tiny_run):
@@ -55,8 +95,10 @@ def test_flop_rule_matches_the_ops_counted_in_one_step_of_each_path(tiny_run):
     flops = tiny_run["flops"]
     assert flops["forward_equivalents_per_image"] == 23  # PGD-10: 10 × 2 + 3
     assert flops["per_image"] == pytest.approx(23 * flops["forward_per_image"])
-    # ours: input-only gradients in the attack; the first layer's input gradient is not needed in the update
+    # ours and the fair loop: input-only gradients in the attack (the first layer's input gradient is not
+    # needed in the update)
     assert flops["counted_per_image"]["fast"] == pytest.approx(flops["per_image"], rel=0.02)
+    assert flops["counted_per_image"]["fair"] == pytest.approx(flops["per_image"], rel=0.02)
     # the naive loop also computes weight gradients in every attack step: ≈ 10 × 3 + 3 = 33 forwards
     assert flops["counted_per_image"]["naive"] == pytest.approx(33 * flops["forward_per_image"], rel=0.02)
 
@@ -89,10 +131,13 @@ def test_autoattack_timing_reports_accuracies_within_the_ball(clean_mnist_model,
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_small_cuda_run_fills_the_gpu_fields(tmp_path):
     out = tmp_path / "perf.json"
-    assert main(["--batch-size", "32", "--images", "64", "--warmup-steps", "1", "--eval-images", "64",
-                 "--out", str(out)]) == 0
+    assert main(["--batch-size", "32", "--images", "96", "--warmup-steps", "1", "--eval-images", "64",
+                 "--eval-batch-size", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["tiny"] is False and result["fast"]["peak_memory_mb"] > 0
+    assert result["settings"]["timer"] == "CUDA events"
+    assert result["paths"] == ["naive", "fair", "fast", "fast_fp32", "captured"]
+    assert result["fair"]["settings"]["pinned"] is True and result["ratios"]["captured"]["vs_fair"] > 0
     assert result["fast"]["settings"]["channels_last"] is True and result["fast"]["settings"]["amp"] == "bf16"
     assert "fast_fp32" in result and result["speedup"] > 0
     check = result["captured_check"]  # the captured step gives the eager step's losses

@@ -4,8 +4,8 @@ Runs the GPU-marked tests, then the ``gpu-check`` profile (CIFAR ResNet-18 PGD-1
 PGD-AT and TAET on synthetic CIFAR-10-shaped data through the real CIFAR loader) in fp32 and in bf16,
 and prints one summary: seconds and images/s per training epoch, peak memory, evaluation seconds,
 and whether our PGD-20 and torchattacks' agree. Numbers on synthetic data measure speed, not robustness.
-Then ``benchmark.tools.perf`` (CIFAR ResNet-18 PGD-10 AT: naive loop vs our fast path, the captured step and
-its loss check against the eager one, host syncs per step of every method, PGD-20 evaluation) and the authors'
+Then ``benchmark.tools.perf`` (CIFAR ResNet-18 PGD-10 AT in interleaved windows: the naive loop, a fair
+reference loop, our fast path, the captured step and its loss check against the eager one, host syncs per step of every method, PGD-20 evaluation) and the authors'
 AutoAttack (standard, n_classes=10, seed=0; per-stage seconds and survivors) on 200 synthetic test images of
 the fp32 PGD-AT cell the check has just trained (3 epochs of PGD-10 AT on the synthetic templates: robust
 at 8/255, so the cascade goes past APGD-CE; the summary says how many images each stage still had to attack,
@@ -108,11 +108,14 @@ def format_summary(summary: dict) -> str:
     if "error" in perf:
         lines.append(f"perf: {perf['error']}")
     elif perf:
-        for path in ("naive", "fast", "fast_fp32", "captured", "eval_pgd"):
+        for path in [*perf.get("paths", []), "eval_pgd"]:
             if path in perf:
                 r = perf[path]
-                lines.append(f"perf {path:<10} {r.get('images_per_s')} img/s  {r.get('epoch_seconds', '-')} s/epoch  "
-                             f"{r.get('percent_of_peak')} % of peak  {r.get('peak_memory_mb')} MB")
+                ratios = perf.get("ratios", {}).get(path, {})
+                lines.append(f"perf {path:<17} {r.get('images_per_s')} img/s (windows {r.get('images_per_s_min', '-')}-"
+                             f"{r.get('images_per_s_max', '-')})  {r.get('epoch_seconds', '-')} s/epoch  "
+                             f"{r.get('percent_of_peak')} % of peak  {r.get('peak_memory_mb')} MB  "
+                             f"x naive {ratios.get('vs_naive', '-')}  x fair {ratios.get('vs_fair', '-')}")
         lines.append(f"perf fast/naive {perf.get('speedup_fast_over_naive')}x  captured/naive "
                      f"{perf.get('speedup_captured_over_naive')}x  captured vs eager loss: {perf.get('captured_check')}")
         lines.append(f"host syncs per step: {perf.get('host_syncs')}")
@@ -135,16 +138,21 @@ def perf_summary(record: dict) -> dict:
     """The lines of a ``benchmark.tools.perf`` record worth a glance: images/s, s/epoch, % of peak, memory, ratio."""
     if "error" in record:
         return record
-    keep = ("images_per_s", "epoch_seconds", "achieved_tflops", "percent_of_peak", "peak_memory_mb")
-    out = {"device": record["device"], "fast_settings": record["fast"]["settings"],
-           "speedup_fast_over_naive": round(record["speedup"], 2)}
+    keep = ("images_per_s", "images_per_s_min", "images_per_s_max", "epoch_seconds", "achieved_tflops",
+            "percent_of_peak", "peak_memory_mb")
+    paths = record.get("paths", [])
+    out = {"device": record["device"], "paths": paths,
+           "fast_settings": record["fast"]["settings"] if "settings" in record.get("fast", {}) else None,
+           "speedup_fast_over_naive": None if record.get("speedup") is None else round(record["speedup"], 2),
+           "ratios": {path: {k: None if v is None else round(v, 2) for k, v in r.items()}
+                      for path, r in record.get("ratios", {}).items()}}
     if "captured_speedup" in record:
         out["speedup_captured_over_naive"] = round(record["captured_speedup"], 2)
         check = record["captured_check"]
         out["captured_check"] = {"matches": check["matches"], "max_relative_difference": check["max_relative_difference"],
                                  "steps": check["steps"]}
     out["host_syncs"] = {name: r["syncs"] for name, r in record.get("host_syncs", {}).items()}
-    for path in ("naive", "fast", "fast_fp32", "captured", "eval_pgd"):
+    for path in [*paths, "eval_pgd"]:
         if path in record and "skipped" not in record[path]:
             out[path] = {k: None if record[path].get(k) is None else round(record[path][k], 2)
                          for k in keep if k in record[path]}
@@ -164,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/gpu-check", help="where results and summary.json go")
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-perf", action="store_true", help="skip the perf and AutoAttack timings")
-    parser.add_argument("--perf-compile", action="store_true", help="also time the fast path with torch.compile")
+    parser.add_argument("--perf-compile", action="store_true", help="also time the fast and captured paths with the model compiled (adds the compile time to the perf stage)")
     parser.add_argument("--budget-s", type=float, default=480.0,
                         help="time limit of the whole check in seconds, shared out over its stages (default 480)")
     args = parser.parse_args(argv)
@@ -198,11 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "--no-progress"])
         if not args.skip_perf:
             perf = [sys.executable, "-m", "benchmark.tools.perf"]
-            timings["perf"] = perf_summary(stage("perf", perf + ["--out", str(out / "perf.json")], out / "perf.json"))
-            if args.perf_compile:
-                timings["perf_compile"] = perf_summary(stage(
-                    "perf_compile", perf + ["--compile", "--no-fast-fp32", "--out", str(out / "perf-compile.json")],
-                    out / "perf-compile.json", limit=limits["perf"]))
+            compiled = ["--compile"] if args.perf_compile else []
+            timings["perf"] = perf_summary(stage("perf", perf + compiled + ["--out", str(out / "perf.json")],
+                                                 out / "perf.json"))
             cell = at_cell(out / "none")  # the PGD-AT model this check trained: robust on the synthetic data
             timings["autoattack"] = {"error": "no finished fp32 PGD-AT cell to attack"} if cell is None else \
                 autoattack_summary(stage("autoattack", perf + [
