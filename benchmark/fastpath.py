@@ -9,7 +9,10 @@
   Off by default: the attack runs the model in eval mode, training in train mode, monitoring under
   no_grad, so one model compiles into several graphs;
   the first steps of a run pay for that, and a model copied with ``copy.deepcopy`` (LAS-AT's
-  look-ahead) has not been tried compiled.
+  look-ahead) has not been tried compiled. Inductor's on-disk caches (FX graphs, AOTAutograd, Triton
+  kernels) go to ``<results>/.cache/inductor`` (``compile_cache``), shared by every cell of the grid, so
+  a grid compiles each (model, batch, dtype) once and later cells load the kernels; the cell's cost
+  record counts the cache's hits and misses (``cost["compile"]``).
 
 * ``cuda_graphs``: the whole training step recorded once as a CUDA graph and replayed per batch
   (``benchmark/cuda_graph.py``). Default ``false``; ``auto`` is on only on CUDA and only for a method that
@@ -36,12 +39,19 @@ convolutions where cuDNN allows them).
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from .errors import UsageError
 
 SPEED_SWITCHES = ("channels_last", "cudnn_benchmark")  # written auto | true | false
+COMPILE_CACHE = Path(".cache") / "inductor"  # under the results folder
+# The user's own cache folder, if they chose one before the first compile (inductor writes its default into
+# the environment when it first compiles, so this is read at import, before any compile of this process).
+_USER_COMPILE_CACHE = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
 SWITCH_WORDS = {"auto": "auto", "true": True, "false": False}
 
 
@@ -123,6 +133,28 @@ def prepare_model(model: torch.nn.Module, speed: dict) -> torch.nn.Module:
     if speed["torch_compile"]:
         model.compile()
     return model
+
+
+def compile_cache(results: Path) -> Callable[[], dict]:
+    """Point inductor's on-disk caches at ``results/.cache/inductor`` (unless the user set
+    ``TORCHINDUCTOR_CACHE_DIR``) and return a probe: call it after training for the FX-graph cache's hits
+    and misses since now, with the folder, for the cost record. Dynamo's in-memory state is reset first, so
+    a cell compiles the same whether it is the first of its process or the fortieth (its recompile limit
+    would otherwise send later models to eager) and its kernels come from the disk cache."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    folder = _USER_COMPILE_CACHE or str(Path(results).resolve() / COMPILE_CACHE)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder  # read by inductor at each compile
+    before = dict(counters["inductor"])
+
+    def probe() -> dict:
+        now = counters["inductor"]
+        return {"cache_dir": folder, "chosen_by": "user" if _USER_COMPILE_CACHE else "harness",
+                "fx_graph_cache_hits": now["fxgraph_cache_hit"] - before.get("fxgraph_cache_hit", 0),
+                "fx_graph_cache_misses": now["fxgraph_cache_miss"] - before.get("fxgraph_cache_miss", 0)}
+
+    return probe
 
 
 def autocast(amp: str, device: torch.device):

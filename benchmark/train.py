@@ -35,7 +35,7 @@ from .evaluate import InferenceModel, predict
 from .metrics import per_class_recall
 from .plan import Plan
 from .selection import Selector
-from .fastpath import autocast, prepare_model, resolve_cuda_graphs
+from .fastpath import autocast, compile_cache, prepare_model, resolve_cuda_graphs
 from .atomic import UnsafeFile, load_torch_plain, save_torch_atomic, write_text_atomic
 from .cell import (CHECKPOINT_FILE, LOG_FILE, PREVIOUS_CHECKPOINT_FILE, ForeignCellFile, config_hash,
                    ownership_problem, set_aside)
@@ -163,6 +163,8 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
             raise ValueError(f"selection {plan.selection!r} needs its selector (benchmark.runner.make_selector)")
         selector = Selector.final(plan.epochs, plan.eval_batch_size)
     model.to(device)
+    # a grid's cells share one on-disk compile cache: the folder above the cell (the results or staging root)
+    compiled = compile_cache(cell_dir.parent) if plan.speed["torch_compile"] else None
     prepare_model(model, plan.speed)  # channels_last, cudnn.benchmark, compile: as the plan records them
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     graphs = resolve_cuda_graphs(plan.config.get("cuda_graphs", False), device, method)  # requested, used, why
@@ -286,10 +288,13 @@ def train(plan: Plan, data: CellData, method: Method, model: torch.nn.Module, ce
         if on_epoch is not None:  # live trackers (benchmark.tracking): the record, once it is in log.jsonl
             on_epoch(record)
     selector.restore_best(model, method, device)
-    return {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
+    cost = {"train_seconds": seconds, "epochs": plan.epochs, "seconds_per_epoch": seconds / max(plan.epochs, 1),
             "resumed_from_epoch": resumed_from, "steps": ctx.step, "device": str(device),
             "model_selection": selector.record(plan.epochs),
             "method_diagnostics": method.diagnostics(), "cuda_graphs": _graph_record(graphs, step)}
+    if compiled is not None:
+        cost["compile"] = compiled()
+    return cost
 
 
 def _graph_record(graphs: dict, step) -> dict:

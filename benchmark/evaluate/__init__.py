@@ -60,6 +60,44 @@ def _load_progress(path: Path | None, attack: AttackSpec, n: int, owner: dict | 
     return {"meta": meta, **state}
 
 
+class EvaluationOutOfMemory(RuntimeError):
+    """The device ran out of memory at an evaluation batch that cannot be made smaller here: one image, or an
+    attack whose random draws depend on the batch (a smaller batch would change its numbers and its key)."""
+
+    def __init__(self, attack: AttackSpec | None, size: int, invariant: bool):
+        name = "the clean pass" if attack is None else f"attack {attack.name or attack.kind}"
+        why = "even at batch 1" if invariant else \
+            "and its numbers depend on the batch, so it is not retried smaller: lower eval_batch_size"
+        super().__init__(f"out of device memory in {name} at evaluation batch {size} {why}")
+
+
+def _predict_batch(model, x, y, start, size, attack, generator, seed, example_ids, num_classes, device, meta,
+                   preds) -> int:
+    """Predictions for x[start:start + size] (attacked when ``attack``) written into ``preds``; ``meta``'s
+    sanity numbers updated. Returns the number of examples done."""
+    xb = x[start:start + size].to(device)
+    xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
+    yb = y[start:start + size].to(device)
+    if attack is not None:
+        draws = generator
+        if attack.metadata.get("batch_invariant"):
+            ids = example_ids[start:start + len(yb)] if example_ids is not None else range(start, start + len(yb))
+            draws = ExampleSeeds(seed, ids)
+        result = run_attack_reported(attack, model, xb, yb, draws, num_classes, seed)
+        x_adv = result.x_adv
+        linf, low, high = float((x_adv - xb).abs().max()), float(x_adv.min()), float(x_adv.max())
+        if result.reported_robust is not None:
+            meta["reported_robust"] = (meta["reported_robust"] or 0) + result.reported_robust
+        if result.cascade is not None:
+            meta["cascade"] = _add_cascade(meta["cascade"], result.cascade)
+        meta["max_linf"], meta["min_pixel"] = max(meta["max_linf"], linf), min(meta["min_pixel"], low)
+        meta["max_pixel"] = max(meta["max_pixel"], high)
+        xb = x_adv
+    with torch.no_grad():  # re-score: the robust prediction is the model's label for the returned input
+        preds[start:start + len(yb)] = model(xb).argmax(dim=1).cpu().numpy()
+    return len(yb)
+
+
 def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec | None,
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
             desc: str | None = None, num_classes: int | None = None, seed: int = 0,
@@ -75,7 +113,9 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
 
     An attack registered ``batch_invariant`` draws each example's random start from its own generator,
     seeded by ``seed`` and the example's index (``example_ids``, default 0..n-1: pass the indices in the
-    full evaluated set when x is a subset of it), so the batch size never changes a prediction.
+    full evaluated set when x is a subset of it), so the batch size never changes a prediction. Such an
+    attack (and the clean pass) that runs out of device memory retries the batch halved, down to what fits
+    (``batch_halvings``, ``batch_size_used`` in the sanity record); any other raises EvaluationOutOfMemory.
     """
     n = len(x)
     preds = np.full(n, -1, dtype=np.int64)
@@ -89,40 +129,37 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
             generator.set_state(torch.from_numpy(previous["generator"]))
     was_training = model.training
     model.eval()
-    batches = range(meta["done"], n, batch_size)
-    last_saved = time.monotonic()
-    for start in tqdm(batches, desc=desc, leave=False, disable=True if desc is None else None):
+    invariant = attack is None or bool(attack.metadata.get("batch_invariant"))
+    size, start, last_saved = batch_size, meta["done"], time.monotonic()
+    bar = tqdm(total=n, initial=start, unit="img", desc=desc, leave=False, disable=True if desc is None else None)
+    while start < n:
         started = time.perf_counter()
-        xb = x[start:start + batch_size].to(device)
-        xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
-        yb = y[start:start + batch_size].to(device)
-        if attack is not None:
-            draws = generator
-            if attack.metadata.get("batch_invariant"):
-                ids = example_ids[start:start + len(yb)] if example_ids is not None else range(start, start + len(yb))
-                draws = ExampleSeeds(seed, ids)
-            result = run_attack_reported(attack, model, xb, yb, draws, num_classes, seed)
-            x_adv = result.x_adv
-            meta["max_linf"] = max(meta["max_linf"], float((x_adv - xb).abs().max()))
-            meta["min_pixel"] = min(meta["min_pixel"], float(x_adv.min()))
-            meta["max_pixel"] = max(meta["max_pixel"], float(x_adv.max()))
-            if result.reported_robust is not None:
-                meta["reported_robust"] = (meta["reported_robust"] or 0) + result.reported_robust
-            if result.cascade is not None:
-                meta["cascade"] = _add_cascade(meta["cascade"], result.cascade)
-            xb = x_adv
-        with torch.no_grad():  # re-score: the robust prediction is the model's label for the returned input
-            preds[start:start + len(yb)] = model(xb).argmax(dim=1).cpu().numpy()
-        meta["done"], meta["seconds"] = start + len(yb), meta["seconds"] + time.perf_counter() - started
+        try:
+            count = _predict_batch(model, x, y, start, size, attack, generator, seed, example_ids, num_classes,
+                                   device, meta, preds)
+        except torch.OutOfMemoryError:
+            if not invariant or size == 1:
+                raise EvaluationOutOfMemory(attack, size, invariant) from None
+            size = max(1, size // 2)  # the numbers do not depend on the batch: retry this batch halved
+            meta["batch_halvings"] = meta.get("batch_halvings", 0) + 1
+            torch.cuda.empty_cache()
+            continue
+        start += count
+        meta["done"], meta["seconds"] = start, meta["seconds"] + time.perf_counter() - started
+        meta["batch_size_used"] = size
+        bar.update(count)
         if progress_path is not None and meta["done"] < n and time.monotonic() - last_saved >= progress_every_s:
             last_saved = time.monotonic()
             extra = {"generator": generator.get_state().numpy()} if generator is not None else {}
             save_npz_atomic(progress_path, preds=preds, meta=np.array(json.dumps(meta)), **extra)
+    bar.close()
     model.train(was_training)
     if attack is None:
         return preds, {}
     sanity = {k: meta[k] for k in ("max_linf", "min_pixel", "max_pixel")}
     sanity["resumed"] = previous is not None
+    if meta.get("batch_halvings"):
+        sanity.update(batch_halvings=meta["batch_halvings"], batch_size_used=meta["batch_size_used"])
     if attack.kind in AUTOATTACKS:
         rescored = int((preds == y.numpy()).sum())
         sanity.update(reported_robust=meta["reported_robust"], rescored_robust=rescored,
