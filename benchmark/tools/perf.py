@@ -1,4 +1,4 @@
-"""``python -m benchmark.tools.perf`` (``make perf``): PGD-10 adversarial training speed, from the naive loop to our captured step.
+"""``python -m benchmark.tools.perf`` (``make perf``): PGD-10 adversarial training speed, naive loop to captured step.
 
 Every path runs in one process on the same data (seeded random uint8 images) from the same initial
 weights. Each is built and warmed up first (untimed: cudnn autotuning, compilation, a graph's capture),
