@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from methods import describe_methods
     from .config import check_device_present, expand_grid, load_profile
-    from .console import format_failed_summary
-    from .executors import is_failed, make_executor, resolve_device, run_grid
+    from .executors import make_executor, resolve_device, run_grid
     from .runner import check_grid_data
     from .plugins import load_plugins
 
@@ -124,13 +123,24 @@ def _run(args) -> int:
     check_results_folder(Path(args.results))
     plans = [cfg.resolve(device) for cfg in cells]
     if args.evaluate_only:
-        plans = evaluable_only(plans, Path(args.results))
+        from .runner import plan_status
+
+        plans = evaluable_only(plans, lambda plan: plan_status(plan, Path(args.results)))
         if not plans:
             return 0
     check_grid_data(plans, Path(args.results), retry_failed=args.retry_failed, force=args.force)
     note_other_versions(Path(args.results), plans)
     out = run_grid(plans, Path(args.results), force=args.force, progress=not args.no_progress, quiet=args.quiet,
                    devices=args.devices, retry_failed=args.retry_failed, wait_locked=not args.no_wait_locked)
+    return exit_code(args, out)
+
+
+def exit_code(args, out: list[dict]) -> int:
+    """1 (with the retry command) if a cell failed, 3 (naming the owners) if cells were left to another run's
+    lock, else 0."""
+    from .console import format_failed_summary
+    from .executors import is_failed
+
     locked = [m for m in out if m.get("status") == "locked"]
     failed = [m for m in out if is_failed(m)]
     if failed:
@@ -151,8 +161,7 @@ def _run_cluster(args, cells, cluster, device: str) -> int:
     """A grid on Ray or Slurm: plans resolved for the workers' device (not checked here), the data checked,
     then submitted; --dry-run lists each cell with what would be submitted for it."""
     from .cluster.storage import Store, is_url
-    from .console import format_failed_summary
-    from .executors import is_failed, run_grid
+    from .executors import run_grid
     from .runner import check_grid_data
 
     store = Store(args.results)
@@ -165,23 +174,21 @@ def _run_cluster(args, cells, cluster, device: str) -> int:
             runs = args.force or status in ("new", "resumable", "evaluate") or (status == "failed" and args.retry_failed)
             print(f"{status:<10} {plan.key}" + (f"  -> {cluster.describe_plan(plan)}" if runs else ""))
         return 0
+    if args.evaluate_only:
+        plans = evaluable_only(plans, store.status)
+        if not plans:
+            return 0
     check_grid_data(plans, Path(args.results) if not is_url(args.results) else Path(".tailrobust-remote"),
                     retry_failed=args.retry_failed, force=args.force)
     out = run_grid(plans, store, force=args.force, progress=False, quiet=args.quiet, retry_failed=args.retry_failed,
-                   executor=cluster)
-    failed = [m for m in out if is_failed(m)]
-    if failed:
-        retry = " ".join(["python -m benchmark", *(argv_of(args)), "--retry-failed"])
-        print(format_failed_summary(failed, retry), file=sys.stderr, flush=True)
-        return 1
-    return 0
+                   executor=cluster, wait_locked=not args.no_wait_locked)
+    return exit_code(args, out)
 
 
-def evaluable_only(plans, results: Path) -> list:
-    """--evaluate-only: the plans of finished cells that lack an attack; a line for the rest."""
-    from .runner import plan_status
-
-    statuses = {p.key: plan_status(p, results) for p in plans}
+def evaluable_only(plans, status_of) -> list:
+    """--evaluate-only: the plans of finished cells that lack an attack; a line for the rest. ``status_of(plan)``:
+    ``benchmark.runner.plan_status`` in the results folder, or a cluster store's ``status``."""
+    statuses = {p.key: status_of(p) for p in plans}
     untrained = [p.key for p in plans if statuses[p.key] not in ("done", "evaluate")]
     todo = [p for p in plans if statuses[p.key] == "evaluate"]
     done = sum(1 for s in statuses.values() if s == "done")

@@ -166,15 +166,17 @@ def resolve_device(devices: list[str] | None) -> str | None:
     return DeviceExecutor(devices).devices[0]
 
 
-def _after_locked(runner, cells: list[Plan], out: list[dict], results_dir: Path, progress: bool, report: Report,
-                  retry_failed: bool, poll_s: float = 5.0) -> list[dict]:
-    """Wait for the cells that were locked by another run, then run them here (a finished one is only read)."""
+def _after_locked(runner, cells: list[Plan], out: list[dict], results_dir, progress: bool, report: Report,
+                  retry_failed: bool, poll_s: float = 5.0, locks: Path | None = None) -> list[dict]:
+    """Wait for the cells that were locked by another run, then run them here (a finished one is only read).
+    ``locks``: the folder holding the cells' lock files (default ``results_dir``; a cluster store's folder)."""
+    locks = Path(results_dir) if locks is None else locks
     by_key = {m.get("cell_key"): m for m in out}
     waiting = [p for p in cells if is_locked(by_key.get(p.key, {}))]
     while waiting:
         print(f"waiting for {len(waiting)} cell(s) locked by another run (Ctrl-C stops; rerun later to finish)",
               flush=True)
-        while not (free := [p for p in waiting if _lock_gone(results_dir / p.key)]):
+        while not (free := [p for p in waiting if _lock_gone(locks / p.key)]):
             time.sleep(poll_s)
         for metrics in runner.run(free, results_dir, False, progress, report, retry_failed=retry_failed):
             by_key[metrics.get("cell_key")] = metrics
@@ -212,8 +214,9 @@ def run_grid(cells: list[Plan], results_dir: Path, force: bool = False, progress
     where = results_dir if executor is not None else Path(results_dir)
     runner = executor or make_executor(devices)
     out = runner.run(unique, where, force, progress and not quiet, report, retry_failed=retry_failed)
-    if wait_locked and isinstance(where, Path):
-        out = _after_locked(runner, unique, out, where, progress and not quiet, report, retry_failed, poll_s)
+    locks = where if isinstance(where, Path) else getattr(where, "lock_root", None)  # a cluster store's folder
+    if wait_locked and locks is not None:
+        out = _after_locked(runner, unique, out, where, progress and not quiet, report, retry_failed, poll_s, locks)
     finished = [m for m in out if not is_failed(m) and not is_locked(m)]
     if len(finished) > 1:
         print(format_grid_summary(finished), flush=True)

@@ -52,6 +52,12 @@ class Store:
     def __str__(self) -> str:
         return self.location
 
+    @property
+    def lock_root(self) -> Path | None:
+        """The folder whose cells' lock files every process sees (a shared folder); None for a URL, whose
+        locks stay on the node that runs the cell."""
+        return None if self.remote else Path(self.location)
+
     # -- the driver's view -------------------------------------------------------------------------------
     def local_dir(self, key: str) -> Path:
         """The folder a cell's files are read from here: the shared folder, or a fresh copy of its record."""
