@@ -126,14 +126,17 @@ def pgd(
     start: str = "uniform",
     loss_fn: LossFn = ce_sum,
     generator: torch.Generator | None = None,
+    x_init: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L∞ PGD (Madry et al. 2018, Eq. 2): x ← Π_{B(x,ε)∩[0,1]}(x + α·sign ∇ₓ L(f(x), y)).
 
     ``loss_fn(logits, y)`` must return a scalar summed over the batch; TRADES-style attacks pass
     a KL against fixed clean probabilities here. δ and x_adv stay in fp32 even under autocast.
+    ``x_init``: the starting point, drawn by the caller (``start`` and ``generator`` are then unused): a
+    captured attack draws its start eagerly and replays only the steps.
     """
     x = x.detach().float()
-    x_adv = random_start(x, eps, start, generator)
+    x_adv = random_start(x, eps, start, generator) if x_init is None else x_init.detach().float().clone()
     if steps <= 0:
         return x_adv
     with eval_mode(model), torch.enable_grad():

@@ -24,6 +24,7 @@ from .audit import build_audit, zero_gradient_fraction
 from .data.datasets import is_naturally_imbalanced
 from .data.prepare import evaluation_subset, prepare_cell_data
 from .evaluate import InferenceModel, evaluate
+from .fastpath import resolve_cuda_graphs
 from .metrics import summarize_evaluation
 from .models import create_model
 from .plan import Plan
@@ -304,9 +305,10 @@ def _evaluate_and_record(plan: Plan, data, cell_dir: Path, method, model, device
     inference = InferenceModel(model, method)
     attack_specs = missing_attacks(plan, previous) if previous is not None else list(plan.eval_attacks)
     added = [spec.name for spec in attack_specs]
+    captured = resolve_cuda_graphs(plan.config.get("cuda_graphs", False), device, method)["used"]
     result = evaluate(inference, x_eval, y_eval, attack_specs, plan.eval_batch_size, device, seed=plan.seed,
                       progress=progress, num_classes=data.num_classes, progress_dir=cell_dir / EVAL_PROGRESS_DIR,
-                      owner=_owner(plan), progress_every_s=plan.progress_every_s)
+                      owner=_owner(plan), progress_every_s=plan.progress_every_s, capture=captured)
     predictions, records = result["predictions"], result["records"]
     if previous is not None:  # the attacks evaluated before stay, except those evaluated again now
         old_predictions, old_records, old_specs = _previous_evaluation(cell_dir, previous, y_eval.numpy())

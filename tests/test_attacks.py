@@ -72,6 +72,18 @@ def test_random_starts_have_documented_scale_and_are_reproducible():
     assert torch.equal(random_start(x, 0.1, "none"), x)
 
 
+def test_pgd_from_a_start_drawn_outside_equals_pgd_drawing_it(clean_mnist_model, mnist5k):
+    """What a captured attack does (``benchmark.cuda_graph.CapturedAttack``): draw the start, then run the steps."""
+    from attacks.pgd import ExampleSeeds
+
+    x, y = to_float(mnist5k.x_test[:16]), mnist5k.y_test[:16]
+    for start in ("uniform", "normal"):
+        inside = pgd(clean_mnist_model, x, y, 0.3, 5, 0.075, start=start, generator=ExampleSeeds(7, range(16)))
+        drawn = random_start(x, 0.3, start, ExampleSeeds(7, range(16)))
+        outside = pgd(clean_mnist_model, x, y, 0.3, 5, 0.075, start="ignored with x_init", x_init=drawn)
+        assert torch.equal(inside, outside)
+
+
 def test_our_pgd20_matches_torchattacks_pgd20_without_random_start(clean_mnist_model, mnist5k):
     model, (x, y) = clean_mnist_model, _batch(mnist5k)
     eps = 0.1

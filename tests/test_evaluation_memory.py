@@ -1,5 +1,6 @@
 """Evaluation at a large batch: a batch that runs out of device memory is retried halved when the attack's
-numbers do not depend on the batch (per-example random starts), and refused in one line when they do."""
+numbers do not depend on the batch (per-example random starts), and refused in one line when they do; on
+CUDA our PGD replays one captured graph per batch and gives the eager attack's predictions."""
 from __future__ import annotations
 
 import numpy as np
@@ -57,3 +58,25 @@ def test_an_attack_whose_numbers_depend_on_the_batch_is_not_retried_smaller(digi
         predict(FitsAtMost(model, limit=10), x, y, spec, 40, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert str(err.value) == (f"out of device memory in attack {spec.name} at evaluation batch 40 and its numbers "
                               "depend on the batch, so it is not retried smaller: lower eval_batch_size")
+
+
+def test_capture_asked_on_a_cpu_runs_the_eager_attack_and_records_no_graph(digits):
+    model, x, y = digits
+    spec = AttackSpec(kind="pgd", eps=0.1, steps=3, step_size=0.025, start="uniform")
+    eager, eager_sanity = predict(model, x, y, spec, 8, torch.device("cpu"), seed=3)
+    asked, sanity = predict(model, x, y, spec, 8, torch.device("cpu"), seed=3, capture=True)
+    assert np.array_equal(asked, eager) and "cuda_graph" not in sanity and sanity == eager_sanity
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (CUDA graphs)")
+def test_a_captured_pgd_replays_per_full_batch_and_gives_the_eager_predictions(digits):
+    model, x, y = digits
+    model = model.cuda()
+    x, y = torch.cat([x] * 3)[:100], torch.cat([y] * 3)[:100]  # 3 full batches of 32 and a partial one of 4
+    spec = AttackSpec(kind="pgd", eps=0.1, steps=5, step_size=0.025, start="uniform")
+    eager, _ = predict(model, x, y, spec, 32, torch.device("cuda"), seed=3)
+    captured, sanity = predict(model, x, y, spec, 32, torch.device("cuda"), seed=3, capture=True)
+    assert sanity["cuda_graph"] == {"captures": 1, "replays": 3, "eager_batches": 1, "failed": None}
+    assert sanity["max_linf"] <= 0.1 + 1e-6
+    assert (captured == eager).mean() >= 0.95  # a graph replaying stale buffers would agree on ~10%

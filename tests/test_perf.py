@@ -133,12 +133,15 @@ def test_autoattack_timing_reports_accuracies_within_the_ball(clean_mnist_model,
 def test_small_cuda_run_fills_the_gpu_fields(tmp_path):
     out = tmp_path / "perf.json"
     assert main(["--batch-size", "32", "--images", "96", "--windows", "3", "--warmup-steps", "1",
-                 "--eval-images", "64", "--eval-batch-size", "64", "--out", str(out)]) == 0
+                 "--eval-images", "128", "--eval-batch-size", "64", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["settings"]["tiny"] is False and result["fast"]["peak_memory_mb"] > 0
     assert result["settings"]["timer"] == "CUDA events"
     assert result["paths"] == ["naive", "fair", "fast", "fast_fp32", "captured"]
     assert result["fair"]["settings"]["pinned"] is True and result["ratios"]["captured"]["vs_fair"] > 0
+    graph = result["eval_pgd_captured"]["cuda_graph"]  # two full evaluation batches: one capture, two replays
+    assert graph == {"captures": 1, "replays": 2, "eager_batches": 0, "failed": None}
+    assert abs(result["eval_pgd_captured"]["robust_accuracy"] - result["eval_pgd"]["robust_accuracy"]) <= 0.05
     assert result["fast"]["settings"]["channels_last"] is True and result["fast"]["settings"]["amp"] == "bf16"
     assert "fast_fp32" in result and result["speedup"] > 0
     check = result["captured_check"]  # the captured step gives the eager step's losses

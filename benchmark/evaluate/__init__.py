@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import AUTOATTACKS, AttackSpec, run_attack_reported
+from attacks.spec import LibraryResult
 from attacks.pgd import ExampleSeeds
 from ..data.loader import stratified_subset, to_float
 from ..atomic import save_npz_atomic
@@ -72,9 +73,9 @@ class EvaluationOutOfMemory(RuntimeError):
 
 
 def _predict_batch(model, x, y, start, size, attack, generator, seed, example_ids, num_classes, device, meta,
-                   preds) -> int:
-    """Predictions for x[start:start + size] (attacked when ``attack``) written into ``preds``; ``meta``'s
-    sanity numbers updated. Returns the number of examples done."""
+                   preds, captured=None) -> int:
+    """Predictions for x[start:start + size] (attacked when ``attack``, by ``captured`` when given) written into
+    ``preds``; ``meta``'s sanity numbers updated. Returns the number of examples done."""
     xb = x[start:start + size].to(device)
     xb = to_float(xb) if xb.dtype == torch.uint8 else xb.float()
     yb = y[start:start + size].to(device)
@@ -83,7 +84,11 @@ def _predict_batch(model, x, y, start, size, attack, generator, seed, example_id
         if attack.metadata.get("batch_invariant"):
             ids = example_ids[start:start + len(yb)] if example_ids is not None else range(start, start + len(yb))
             draws = ExampleSeeds(seed, ids)
-        result = run_attack_reported(attack, model, xb, yb, draws, num_classes, seed)
+        if captured is not None:
+            result = LibraryResult(captured(xb, yb, draws), None)
+            meta["cuda_graph"] = captured.record
+        else:
+            result = run_attack_reported(attack, model, xb, yb, draws, num_classes, seed)
         x_adv = result.x_adv
         linf, low, high = float((x_adv - xb).abs().max()), float(x_adv.min()), float(x_adv.max())
         if result.reported_robust is not None:
@@ -102,7 +107,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
             batch_size: int, device: torch.device, generator: torch.Generator | None = None,
             desc: str | None = None, num_classes: int | None = None, seed: int = 0,
             progress_path: Path | None = None, owner: dict | None = None,
-            example_ids: torch.Tensor | None = None, progress_every_s: float = 0.0) -> tuple[np.ndarray, dict]:
+            example_ids: torch.Tensor | None = None, progress_every_s: float = 0.0,
+            capture: bool = False) -> tuple[np.ndarray, dict]:
     """Predicted labels for x (uint8 or float in [0, 1]) clean or under ``attack``, plus sanity numbers.
 
     With ``progress_path`` the predictions so far (and the random generator's state) are saved after a
@@ -116,6 +122,9 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     full evaluated set when x is a subset of it), so the batch size never changes a prediction. Such an
     attack (and the clean pass) that runs out of device memory retries the batch halved, down to what fits
     (``batch_halvings``, ``batch_size_used`` in the sanity record); any other raises EvaluationOutOfMemory.
+
+    ``capture``: on CUDA, our PGD replays one CUDA graph per full batch (``benchmark.cuda_graph.CapturedAttack``;
+    ``cuda_graph`` in the sanity record) when there are at least two full batches to replay it on.
     """
     n = len(x)
     preds = np.full(n, -1, dtype=np.int64)
@@ -131,15 +140,22 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     model.eval()
     invariant = attack is None or bool(attack.metadata.get("batch_invariant"))
     size, start, last_saved = batch_size, meta["done"], time.monotonic()
+    captured = None
+    if capture and attack is not None and attack.kind == "pgd" and torch.device(device).type == "cuda" \
+            and n - start >= 2 * batch_size:
+        from ..cuda_graph import CapturedAttack
+
+        captured = CapturedAttack(model, attack)
     bar = tqdm(total=n, initial=start, unit="img", desc=desc, leave=False, disable=True if desc is None else None)
     while start < n:
         started = time.perf_counter()
         try:
             count = _predict_batch(model, x, y, start, size, attack, generator, seed, example_ids, num_classes,
-                                   device, meta, preds)
+                                   device, meta, preds, captured)
         except torch.OutOfMemoryError:
             if not invariant or size == 1:
                 raise EvaluationOutOfMemory(attack, size, invariant) from None
+            captured = None  # a graph of the batch that did not fit is not replayed
             size = max(1, size // 2)  # the numbers do not depend on the batch: retry this batch halved
             meta["batch_halvings"] = meta.get("batch_halvings", 0) + 1
             torch.cuda.empty_cache()
@@ -160,6 +176,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
     sanity["resumed"] = previous is not None
     if meta.get("batch_halvings"):
         sanity.update(batch_halvings=meta["batch_halvings"], batch_size_used=meta["batch_size_used"])
+    if meta.get("cuda_graph") is not None:
+        sanity["cuda_graph"] = meta["cuda_graph"]
     if attack.kind in AUTOATTACKS:
         rescored = int((preds == y.numpy()).sum())
         sanity.update(reported_robust=meta["reported_robust"], rescored_robust=rescored,
@@ -181,12 +199,13 @@ def _add_cascade(total: dict | None, batch: dict) -> dict:
 def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: list[AttackSpec],
              batch_size: int, device: torch.device, seed: int = 0, progress: bool = True,
              num_classes: int | None = None, progress_dir: Path | None = None, owner: dict | None = None,
-             progress_every_s: float = 0.0) -> dict:
+             progress_every_s: float = 0.0, capture: bool = False) -> dict:
     """Clean and per-attack predictions on the same examples, with seconds and sanity records per attack.
 
     An attack with ``per_class`` runs on a fixed class-stratified subset of x (seed 0, the same for every
     method); its prediction is -1 on the examples it did not attack. With ``progress_dir`` every attack
-    keeps its partial predictions there, so an interrupted evaluation resumes.
+    keeps its partial predictions there, so an interrupted evaluation resumes. ``capture`` (a cell whose
+    ``cuda_graphs`` runs, on CUDA): our PGD attacks replay a CUDA graph per batch (``CapturedAttack``).
     """
     num_classes = int(y.max()) + 1 if num_classes is None and len(y) else num_classes
     predictions, records = {}, {}
@@ -201,14 +220,15 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: 
     hook = model.register_forward_pre_hook(count_train_mode)
     try:
         _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                       predictions, records, train_mode_calls, owner, progress_every_s)
+                       predictions, records, train_mode_calls, owner, progress_every_s, capture)
     finally:
         hook.remove()
     return {"predictions": predictions, "records": records}
 
 
 def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num_classes, progress_dir,
-                   predictions, records, train_mode_calls, owner=None, progress_every_s: float = 0.0) -> None:
+                   predictions, records, train_mode_calls, owner=None, progress_every_s: float = 0.0,
+                   capture: bool = False) -> None:
     for attack in [None, *attacks]:
         calls_before = train_mode_calls[0]
         name = "clean" if attack is None else attack.name
@@ -222,7 +242,8 @@ def _evaluate_each(model, x, y, attacks, batch_size, device, seed, progress, num
         path = None if progress_dir is None or attack is None else Path(progress_dir) / f"{name}.npz"
         pred, sanity = predict(model, x[t], y[t], attack, batch_size, device, generator,
                                desc=f"eval {name}" if progress else None, num_classes=num_classes, seed=seed,
-                               progress_path=path, owner=owner, example_ids=t, progress_every_s=progress_every_s)
+                               progress_path=path, owner=owner, example_ids=t, progress_every_s=progress_every_s,
+                               capture=capture)
         full = np.full(len(y), -1, dtype=np.int64)
         full[idx] = pred
         predictions[name] = full

@@ -108,7 +108,7 @@ def format_summary(summary: dict) -> str:
     if "error" in perf:
         lines.append(f"perf: {perf['error']}")
     elif perf:
-        for path in [*perf.get("paths", []), "eval_pgd"]:
+        for path in [*perf.get("paths", []), "eval_pgd", "eval_pgd_captured"]:
             if path in perf:
                 r = perf[path]
                 ratios = perf.get("ratios", {}).get(path, {})
@@ -118,6 +118,9 @@ def format_summary(summary: dict) -> str:
                              f"x naive {ratios.get('vs_naive', '-')}  x fair {ratios.get('vs_fair', '-')}")
         lines.append(f"perf fast/naive {perf.get('speedup_fast_over_naive')}x  captured/naive "
                      f"{perf.get('speedup_captured_over_naive')}x  captured vs eager loss: {perf.get('captured_check')}")
+        if "eval_captured_speedup" in perf:
+            lines.append(f"perf eval captured/eager {perf['eval_captured_speedup']}x  robust accuracy eager vs "
+                         f"captured: {perf.get('eval_robust_accuracy_eager_vs_captured')}")
         lines.append(f"host syncs per step: {perf.get('host_syncs')}")
     aa = summary.get("autoattack") or {}
     if "error" in aa:
@@ -152,7 +155,12 @@ def perf_summary(record: dict) -> dict:
         out["captured_check"] = {"matches": check["matches"], "max_relative_difference": check["max_relative_difference"],
                                  "steps": check["steps"]}
     out["host_syncs"] = {name: r["syncs"] for name, r in record.get("host_syncs", {}).items()}
-    for path in [*paths, "eval_pgd"]:
+    if "eval_captured_speedup" in record:
+        out["eval_captured_speedup"] = round(record["eval_captured_speedup"], 2)
+        out["eval_robust_accuracy_eager_vs_captured"] = [record["eval_pgd"].get("robust_accuracy"),
+                                                         record["eval_pgd_captured"].get("robust_accuracy")]
+    keep = (*keep, "robust_accuracy")
+    for path in [*paths, "eval_pgd", "eval_pgd_captured"]:
         if path in record and "skipped" not in record[path]:
             out[path] = {k: None if record[path].get(k) is None else round(record[path][k], 2)
                          for k in keep if k in record[path]}

@@ -36,7 +36,9 @@ the attack being wasted); ``counted_per_image`` gives the FlopCounterMode totals
 naive, fair and fast steps as a check. Achieved TFLOP/s = useful FLOPs per image × images/s; % of peak
 compares it with the dense peak of the precision the convolutions ran in (bf16, else TF32 where
 cuDNN allows it, which PyTorch does by default) on a known device, else None. PGD-20 evaluation
-(fp32, 41 F per image) is timed on the fast path's model at the evaluation batch (2,000 by default).
+(fp32, 41 F per image) is timed on the fast path's model, 10,000 images at batch 2,000 by default, and on
+CUDA also with each full batch replaying one captured graph (``eval_pgd_captured``, capture included;
+``benchmark.cuda_graph.CapturedAttack``), with the robust accuracy of both (they should agree).
 
 Host syncs per training step of every registered method (``host_syncs``): one step after a warm-up step,
 counted on a CUDA device by its sync debug mode (each synchronizing call warns), elsewhere by
@@ -553,8 +555,10 @@ def counted_step_flops(model, x, y, args, device, num_classes: int) -> dict:
 
 # --- evaluation and AutoAttack ------------------------------------------------------------------------
 
-def time_eval_pgd(model, method, x, y, args, device, peaks) -> dict:
-    """Seconds for our PGD-20 evaluation (fp32, uniform start, step ε/4) through ``benchmark.evaluate.predict``."""
+def time_eval_pgd(model, method, x, y, args, device, peaks, capture: bool = False) -> dict:
+    """Seconds for our PGD-20 evaluation (fp32, uniform start, step ε/4) through ``benchmark.evaluate.predict``;
+    with ``capture`` (CUDA) each full batch replays one CUDA graph, the capture (an eager warm-up and the
+    recording) timed with it, as every evaluation pays it once per attack."""
     inference = InferenceModel(model, method)
     spec = AttackSpec(kind="pgd", eps=args.eps, steps=args.eval_steps, step_size=args.eps / 4, start="uniform")
     x_dev, y_dev = x.to(device), y.to(device)
@@ -563,13 +567,17 @@ def time_eval_pgd(model, method, x, y, args, device, peaks) -> dict:
     _reset_memory(device)
     _sync(device)
     started = time.perf_counter()
-    predict(inference, x_dev, y_dev, spec, args.eval_batch_size, device, torch.Generator().manual_seed(0))
+    preds, sanity = predict(inference, x_dev, y_dev, spec, args.eval_batch_size, device,
+                            torch.Generator().manual_seed(0), capture=capture)
     _sync(device)
     seconds = time.perf_counter() - started
     flops = args.forward_flops * (2 * args.eval_steps + 1)  # k × (forward + input backward) + the re-scoring forward
     record = _record(len(x), seconds, device, flops, conv_precision("none", device), peaks, args.epoch_images)
     record.pop("epoch_seconds")
-    record.update(attack=spec.to_dict(), forward_equivalents_per_image=2 * args.eval_steps + 1)
+    record.update(attack=spec.to_dict(), forward_equivalents_per_image=2 * args.eval_steps + 1,
+                  batch_size=args.eval_batch_size, robust_accuracy=float((preds == y.numpy()).mean()))
+    if "cuda_graph" in sanity:
+        record["cuda_graph"] = sanity["cuda_graph"]
     return record
 
 
@@ -657,7 +665,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=["crop_flip", "none"], default="crop_flip")
     p.add_argument("--workers", type=int, help="DataLoader workers of the naive and fair loops "
                                                "(default min(4, CPUs) on CUDA, else 0)")
-    p.add_argument("--eval-images", type=int, help="images for the PGD-20 evaluation timing (default 2000; tiny 16)")
+    p.add_argument("--eval-images", type=int,
+                   help="images for the PGD-20 evaluation timing (default 10000, a CIFAR test set; tiny 16)")
     p.add_argument("--eval-batch-size", type=int, help="evaluation batch (default 2000; tiny 16)")
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--epoch-images", type=int, default=CIFAR10_LT_IR10_TRAIN,
@@ -678,7 +687,7 @@ def _fill_defaults(args, device: torch.device) -> None:
     tiny = args.tiny or device.type != "cuda"
     args.tiny = tiny
     defaults = {"model": ("small_cnn", "resnet18"), "batch_size": (16, 128), "images": (48, 5120),
-                "windows": (3, 5), "warmup_steps": (1, 5 if args.compile else 3), "eval_images": (16, 2000),
+                "windows": (3, 5), "warmup_steps": (1, 5 if args.compile else 3), "eval_images": (16, 10_000),
                 "eval_batch_size": (16, 2000), "workers": (0, min(4, os.cpu_count() or 1))}
     for name, (small, large) in defaults.items():
         if getattr(args, name) is None:
@@ -761,8 +770,12 @@ def run(args) -> dict:
     del paths
     if not args.no_host_syncs:
         out["host_syncs"] = host_syncs_per_method(args, device)
-    out["eval_pgd"] = time_eval_pgd(initial if trained is None else trained, create_method("at"), x_eval, y_eval, args,
-                                    device, peaks)
+    evaluated = initial if trained is None else trained
+    out["eval_pgd"] = time_eval_pgd(evaluated, create_method("at"), x_eval, y_eval, args, device, peaks)
+    if device.type == "cuda":
+        out["eval_pgd_captured"] = time_eval_pgd(evaluated, create_method("at"), x_eval, y_eval, args, device, peaks,
+                                                 capture=True)
+        out["eval_captured_speedup"] = out["eval_pgd_captured"]["images_per_s"] / out["eval_pgd"]["images_per_s"]
     return out
 
 
@@ -775,7 +788,9 @@ def format_summary(out: dict) -> str:
              + ("  (tiny CPU configuration: not a GPU number)" if out["settings"]["tiny"] else "")]
     lines.append(f"{'path':<18}{'images/s':>10}{'min-max':>16}{'s/epoch':>9}{'TFLOP/s':>9}{'% peak':>8}{'peak MB':>9}"
                  f"{'x naive':>8}{'x fair':>8}")
-    for key in [*out.get("paths", []), "eval_pgd"]:
+    for key in [*out.get("paths", []), "eval_pgd", "eval_pgd_captured"]:
+        if key not in out:
+            continue
         r = out[key]
         pct = "-" if r["percent_of_peak"] is None else f"{r['percent_of_peak']:.1f}"
         mem = "-" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}"
