@@ -12,7 +12,8 @@ evaluation attacks (each keyed on its own, :data:`EVALUATION_FIELDS`: a cell is 
 on one evaluation subset by every attack asked of it so far), together
 with the harness's result-affecting version (:data:`HARNESS_VERSION`: record schema and package version),
 so a cell made by another version is never counted as done (:func:`cell_key`, what ``Config.key()``
-computes). Every file a cell resumes from (checkpoint, best model, evaluation progress) carries the key
+computes). Cells that differ only in the evaluation subset (:data:`EVALUATION_SUBSET_FIELDS`) share a
+:func:`training_key`: the runner trains such a model once and evaluates it in each cell. Every file a cell resumes from (checkpoint, best model, evaluation progress) carries the key
 and the :func:`config_hash`, and one that does not match its folder is refused, never resumed. A *setting* is the same rule without the training seed
 (:func:`setting_of`): cells that differ only by training seed share it and are averaged together.
 
@@ -56,6 +57,10 @@ AS_WRITTEN_FIELDS = ("eps", "train_attack", "eval_attacks", "monitor_attack", "m
 # evaluation attacks, and the evaluation batch size, which changes no number of a batch-invariant attack and
 # is in the evaluation key of the others. Adding or changing an attack evaluates the trained model again.
 EVALUATION_FIELDS = ("eval_attack_specs", "eval_batch_size")
+# What chooses the evaluated examples, not the trained weights (unless the model selection scores the test split,
+# ``selection: test_best``): cells that differ only here are separate evaluations of one training
+# (:func:`training_key`), and the runner trains it once.
+EVALUATION_SUBSET_FIELDS = ("eval_per_class", "test_split")
 
 Status = Literal["done", "failed", "resumable", "new"]
 
@@ -196,6 +201,14 @@ def ownership_problem(state: dict, expected_key: str, expected_hash: str, what: 
         return (f"{what} belongs to cell {key} (config hash {digest}), not to {expected_key} "
                 f"(config hash {expected_hash})")
     return None
+
+
+def training_key(resolved: dict) -> str | None:
+    """A 16-digit digest of what determines a cell's trained weights: what the cell key hashes without the
+    evaluation subset. Cells that share it share one training; None where the selection reads the test split."""
+    if resolved.get("selection") == "test_best":
+        return None
+    return _digest(_identity(resolved, drop=EVALUATION_SUBSET_FIELDS), 16)
 
 
 def setting_of(resolved: dict) -> str:

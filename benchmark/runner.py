@@ -28,10 +28,11 @@ from .fastpath import resolve_cuda_graphs
 from .metrics import summarize_evaluation
 from .models import create_model
 from .plan import Plan
-from .atomic import save_npz_atomic, write_json_atomic, write_text_atomic
-from .cell import (CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, METRICS_FILE, PREDICTIONS_FILE,
-                   PREVIOUS_CHECKPOINT_FILE, CellRecord, ForeignCellFile, cell_key, cell_status, config_hash,
-                   non_finite_path, read_record, record_problem, set_aside, write_failure, write_record)
+from .atomic import load_torch_plain, save_npz_atomic, save_torch_atomic, write_json_atomic, write_text_atomic
+from .cell import (CHECKPOINT_FILE, CONFIG_FILE, EVAL_PROGRESS_DIR, INDICES_FILE, LOG_FILE, METRICS_FILE,
+                   PREDICTIONS_FILE, PREVIOUS_CHECKPOINT_FILE, CellRecord, ForeignCellFile, cell_key, cell_status,
+                   config_hash, non_finite_path, ownership_problem, read_record, record_problem, set_aside,
+                   training_key, write_failure, write_record)
 from .cell_lock import CellLock, describe as describe_owner
 from .errors import UsageError
 from .provenance import cpu_name, harness_commit, package_versions, peak_rss_mb
@@ -252,6 +253,18 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
         "test_indices": data.test_indices.tolist() if data.test_indices is not None else None,
         "val_indices": data.val_indices.tolist() if data.val_indices is not None else None,
         "subset_seed": plan.subset_seed})
+    twin = find_trained_twin(plan, cell_dir.parent) if status == "new" and not force else None
+    if twin is not None:
+        try:
+            adopt_training(twin, cell_dir, plan)
+            print(f"{cell_dir.name}: the same training as the finished cell {twin.name} (only the evaluation "
+                  "subset differs): its trained model is evaluated here, no epoch runs", file=sys.stderr, flush=True)
+        except Exception as err:  # noqa: BLE001 - a twin whose files cannot be adopted: train as if there were none
+            for name in (CHECKPOINT_FILE, BEST, LOG_FILE):
+                (cell_dir / name).unlink(missing_ok=True)
+            print(f"warning: {cell_dir.name}: the training of {twin.name} could not be reused "
+                  f"({str(err).splitlines()[0][:200]}); training here", file=sys.stderr, flush=True)
+            twin = None
     seed_everything(plan.seed)
     method = create_method(plan.method, **plan.method_args)
     model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
@@ -262,8 +275,51 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
         return _fail(cell_dir, plan, "training", err.cause, err.epoch, err.step)
     except ForeignCellFile as err:
         return _fail(cell_dir, plan, "resume", str(err), None, None)
-
+    if twin is not None:
+        cost["resumed_from_epoch"] = None
+        cost["training_reused_from"] = {"cell": twin.name, "note": "trained once for both cells: the training, "
+                                        "its cost and its log (monitoring included) are that cell's"}
     return _evaluate_and_record(plan, data, cell_dir, method, model, device, cost, progress)
+
+
+def find_trained_twin(plan: Plan, results_dir: Path) -> Path | None:
+    """A finished cell in ``results_dir`` with this plan's training (``cell.training_key``: the same config but
+    for the evaluation subset) whose final checkpoint, and selected model where the selection keeps one, are
+    still there: the plan's model is that one, so it is evaluated rather than trained again."""
+    wanted = training_key(plan.resolved)
+    if wanted is None or not Path(results_dir).is_dir():
+        return None
+    for folder in sorted(Path(results_dir).iterdir()):
+        if folder.name == plan.key or not (folder / CHECKPOINT_FILE).is_file() or cell_status(folder) != "done":
+            continue
+        if plan.selection != "final" and not (folder / BEST).is_file():
+            continue
+        try:
+            config = read_record(folder).config
+        except Exception:  # noqa: BLE001 - an unreadable folder is simply not a twin
+            continue
+        if config and training_key(config) == wanted and cell_key(config) == folder.name:
+            return folder
+    return None
+
+
+def adopt_training(twin: Path, cell_dir: Path, plan: Plan) -> None:
+    """Give a new cell its twin's finished training: the training log, then the selected model and the final
+    checkpoint (last: its presence makes the cell resumable), each checked to be the twin's own and relabelled
+    with this cell's key, config hash and config, as if trained here."""
+    twin_hash = config_hash(read_record(twin).config)
+    write_text_atomic(cell_dir / LOG_FILE, (twin / LOG_FILE).read_text(encoding="utf-8"))
+    for name in (BEST, CHECKPOINT_FILE):
+        if not (twin / name).is_file():
+            continue
+        state = load_torch_plain(twin / name, map_location="cpu")  # plain tensors only
+        problem = ownership_problem(state, twin.name, twin_hash, str(twin / name))
+        if problem:
+            raise ForeignCellFile(f"{problem}: not adopted")
+        state.update(_owner(plan))
+        if "config" in state:
+            state["config"] = plan.config
+        save_torch_atomic(cell_dir / name, state)
 
 
 def missing_attacks(plan: Plan, record: CellRecord) -> list:
