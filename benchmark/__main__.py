@@ -110,10 +110,13 @@ def _run(args) -> int:
         raise UsageError(f"results {args.results}: a URL needs --executor ray or slurm (the local executors write "
                          "to a folder)")
     if args.dry_run:
-        from .runner import plan_status
+        from .runner import find_trained_twin, plan_status
 
         for cfg in cells:
-            print(f"{plan_status(cfg.resolve(), Path(args.results)):<10} {cfg.key()}")
+            plan = cfg.resolve()
+            status = plan_status(plan, Path(args.results))
+            twin = find_trained_twin(plan, Path(args.results)) if status == "new" and not args.force else None
+            print(f"{status:<10} {cfg.key()}" + (f"  (evaluates the training of {twin.name})" if twin else ""))
         return 0
     if args.devices and args.device:
         raise UsageError("give either --device (one device for every cell) or --devices (one cell per device)")

@@ -43,6 +43,8 @@ def test_a_cell_that_differs_only_in_its_evaluation_subset_evaluates_the_finishe
     profile.write_text(yaml.safe_dump(settings))
     (cfg,) = expand_grid(settings)
     assert cfg.key() != twin_cfg.key()
+    assert main(["--profile", str(profile), "--results", str(tmp_path / "results"), "--dry-run"]) == 0
+    assert capsys.readouterr().out == f"new        {cfg.key()}  (evaluates the training of {twin.name})\n"
     assert main(["--profile", str(profile), "--results", str(tmp_path / "results"), "--no-progress", "--quiet"]) == 0
     assert f"the same training as the finished cell {twin.name}" in capsys.readouterr().err
     cell = tmp_path / "results" / cfg.key()
