@@ -225,7 +225,7 @@ class CapturedAttack:
 
         x = x.detach().float()
         start = random_start(x, self.spec.eps, self.spec.start, draws)
-        if self.entry is None and self.record["failed"] is None and self.record["captures"] == 0:
+        if self.entry is None and self.record["failed"] is None:  # only the first batch's shape is captured
             try:
                 self.entry = self._capture(x, start, y)
             except RuntimeError as err:  # e.g. "operation not permitted when stream is capturing"

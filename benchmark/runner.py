@@ -265,9 +265,7 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
             print(f"warning: {cell_dir.name}: the training of {twin.name} could not be reused "
                   f"({str(err).splitlines()[0][:200]}); training here", file=sys.stderr, flush=True)
             twin = None
-    seed_everything(plan.seed)
-    method = create_method(plan.method, **plan.method_args)
-    model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
+    method, model = fresh_model(plan, data)
     try:
         cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir),
                      progress=progress, on_epoch=on_epoch)
@@ -280,6 +278,14 @@ def _run_owned(plan: Plan, data, cell_dir: Path, status: str, force: bool, progr
         cost["training_reused_from"] = {"cell": twin.name, "note": "trained once for both cells: the training, "
                                         "its cost and its log (monitoring included) are that cell's"}
     return _evaluate_and_record(plan, data, cell_dir, method, model, device, cost, progress)
+
+
+def fresh_model(plan: Plan, data):
+    """The plan's method and its freshly initialised model, after seeding every RNG with the training seed (a
+    checkpoint, when one is resumed, then overwrites the weights)."""
+    seed_everything(plan.seed)
+    method = create_method(plan.method, **plan.method_args)
+    return method, method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
 
 
 def find_trained_twin(plan: Plan, results_dir: Path) -> Path | None:
@@ -480,9 +486,7 @@ def evaluate_trained(plan: Plan, data, cell_dir: Path, progress: bool) -> dict:
               "(a finished cell keeps checkpoint.pt for this); its record is unchanged (--force retrains it)",
               file=sys.stderr, flush=True)
         return previous.to_json()
-    seed_everything(plan.seed)
-    method = create_method(plan.method, **plan.method_args)
-    model = method.wrap_model(create_model(plan.model, data.num_classes, data.in_channels, **plan.model_args))
+    method, model = fresh_model(plan, data)
     # the last epoch's checkpoint: train() restores it (and the selected epoch) and runs no epoch
     try:
         cost = train(plan, data, method, model, cell_dir, device, make_selector(plan, data, cell_dir),

@@ -93,14 +93,22 @@ def _kill_after_first_epoch(cell_dir: Path, epochs: int, killed: list, timeout: 
         time.sleep(0.02)
 
 
-@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
-def test_a_worker_killed_mid_cell_is_retried_and_resumes_from_its_checkpoint(local_ray, tmp_path):
+def _grid_with_a_worker_killed(tmp_path, max_retries: int):
+    """A 4-epoch PGD-AT cell on Ray whose worker is SIGKILLed after the first epoch: (plan, its result, what the
+    driver printed, pids killed)."""
     (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4, checkpoint_every_s=0)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
     killer.start()
-    (resumed,), printed = _quiet_grid([plan], tmp_path / "ray", RayExecutor(num_cpus=1, num_gpus=0, max_retries=2))
+    (result,), printed = _quiet_grid([plan], tmp_path / "ray",
+                                     RayExecutor(num_cpus=1, num_gpus=0, max_retries=max_retries))
     killer.join()
+    return plan, result, printed, killed
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
+def test_a_worker_killed_mid_cell_is_retried_and_resumes_from_its_checkpoint(local_ray, tmp_path):
+    plan, resumed, _, killed = _grid_with_a_worker_killed(tmp_path, max_retries=2)
     assert killed, "the worker was never seen mid-cell"
     assert resumed.get("status") != "failed", resumed
     assert resumed["cost"]["resumed_from_epoch"] >= 1  # the retry started from the checkpoint, not from epoch 0
@@ -164,12 +172,7 @@ def test_ctrl_c_on_the_driver_cancels_the_running_cell_and_keeps_finished_ones(l
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="finds Ray's worker through /proc (Linux)")
 def test_a_worker_that_dies_more_often_than_max_retries_is_recorded_failed_with_the_cause(local_ray, tmp_path):
-    (plan,) = _plans(methods=["at"], imbalance_ratios=[10], epochs=4, checkpoint_every_s=0)
-    killed: list[int] = []
-    killer = threading.Thread(target=_kill_after_first_epoch, args=(tmp_path / "ray" / plan.key, 4, killed))
-    killer.start()
-    (record,), printed = _quiet_grid([plan], tmp_path / "ray", RayExecutor(num_cpus=1, num_gpus=0, max_retries=0))
-    killer.join()
+    plan, record, printed, killed = _grid_with_a_worker_killed(tmp_path, max_retries=0)
     assert killed and record["status"] == "failed" and record["failure"]["stage"] == "worker"
     assert "Ray retried it 0 time(s)" in record["failure"]["cause"]
     assert json.loads((tmp_path / "ray" / plan.key / "metrics.json").read_text())["status"] == "failed"

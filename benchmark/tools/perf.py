@@ -119,7 +119,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-# --- the two training loops ---------------------------------------------------------------------------
+# --- the training steps ------------------------------------------------------------------------------
 
 class HostImages(torch.utils.data.Dataset):
     """A TensorDataset with a per-image host transform, as ``ToTensor`` + ``RandomCrop(padding=4)`` +
@@ -281,31 +281,22 @@ def _device_batches(x_dev, y_dev, args, policy: str):
             yield augment(to_float(xb), policy, generator), yb
 
 
-def naive_path(initial, x, y, args, device) -> TrainPath:
-    model, batches = copy.deepcopy(initial), _host_batches(x, y, args, pin=False)
+def host_loop_path(name: str, initial, x, y, args, device) -> TrainPath:
+    """A reference loop over a host DataLoader: ``naive`` (pageable memory, blocking copies, cudnn.benchmark
+    off, ``naive_step``) or ``fair`` (on CUDA pinned memory, non-blocking copies and cudnn.benchmark; ``fair_step``)."""
+    careful = name == "fair" and device.type == "cuda"
+    step_fn = fair_step if name == "fair" else naive_step
+    model, batches = copy.deepcopy(initial), _host_batches(x, y, args, pin=careful)
     optimizer = _optimizer(model)
 
     def step():
         xb, yb = next(batches)
-        xb, yb = xb.to(device), yb.to(device)
-        return len(yb), naive_step(model, optimizer, xb, yb, args.eps, args.eps / 4, args.steps)
+        xb, yb = xb.to(device, non_blocking=careful), yb.to(device, non_blocking=careful)
+        return len(yb), step_fn(model, optimizer, xb, yb, args.eps, args.eps / 4, args.steps)
 
-    return TrainPath("naive", step, conv_precision("none", device), False,
-                     {"workers": args.workers, "cudnn_benchmark": False, "pinned": False}, args.warmup_steps, model)
-
-
-def fair_path(initial, x, y, args, device) -> TrainPath:
-    cuda = device.type == "cuda"
-    model, batches = copy.deepcopy(initial), _host_batches(x, y, args, pin=cuda)
-    optimizer = _optimizer(model)
-
-    def step():
-        xb, yb = next(batches)
-        xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-        return len(yb), fair_step(model, optimizer, xb, yb, args.eps, args.eps / 4, args.steps)
-
-    return TrainPath("fair", step, conv_precision("none", device), cuda,
-                     {"workers": args.workers, "cudnn_benchmark": cuda, "pinned": cuda}, args.warmup_steps, model)
+    return TrainPath(name, step, conv_precision("none", device), careful,
+                     {"workers": args.workers, "cudnn_benchmark": careful, "pinned": careful}, args.warmup_steps,
+                     model)
 
 
 def _at_context(y_dev, args, device, num_classes: int, start: str = "normal") -> TrainContext:
@@ -360,8 +351,8 @@ def build_paths(names, initial, x, y, args, device, speed: dict, num_classes: in
     """The requested paths this device can run, and {path: why skipped} for the others."""
     compiled = {**speed, "torch_compile": True}
     builders = {
-        "naive": lambda: naive_path(initial, x, y, args, device),
-        "fair": lambda: fair_path(initial, x, y, args, device),
+        "naive": lambda: host_loop_path("naive", initial, x, y, args, device),
+        "fair": lambda: host_loop_path("fair", initial, x, y, args, device),
         "fast": lambda: fast_path("fast", initial, x, y, args, device, speed, num_classes),
         "fast_fp32": lambda: fast_path("fast_fp32", initial, x, y, args, device, {**speed, "amp": "none"},
                                        num_classes),
