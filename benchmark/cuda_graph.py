@@ -98,6 +98,82 @@ class HostSyncs(TorchDispatchMode):
             self._patches.close()
 
 
+class StepTrace(TorchDispatchMode):
+    """What a replay of a captured step would run: every aten op of the block, with its Python constants, and
+    for each tensor it reads that the block did not make, where that tensor lives. A CUDA graph bakes in both:
+    a replay reruns the recorded kernels with the constants and addresses of the capture. So two steps of one
+    graph phase that trace differently would train differently captured than eagerly: a constant computed in
+    Python from the epoch or the step (frozen by the capture), a state tensor replaced instead of updated in
+    place (a replay reads the old one), a tensor made from Python data inside the step (a replay re-reads a
+    host buffer that is gone). On a CPU this is the check of ``Method.graph_safe`` that :class:`HostSyncs` is
+    not: that one finds calls that cannot be captured, this one what a capture would get wrong silently.
+
+    ``persistent`` names the tensors that live across steps (parameters, buffers, optimizer and method
+    state): a read of one is recorded by name and address. A read of a tensor that is neither made in the block
+    nor named is recorded by address, or by value for a 0-dim tensor (Python numbers reach the dispatcher as
+    such: ``loss * w`` with a float ``w``). ``ops`` is the trace; :func:`trace_difference` compares two."""
+
+    def __init__(self, persistent: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.named = {_storage(t): name for name, t in (persistent or {}).items()}
+        self.made: set[int] = set()  # storages the block's own ops produced
+        self.ops: list[tuple] = []
+
+    def _describe(self, value):
+        if isinstance(value, torch.Tensor):
+            where = _storage(value)
+            if where in self.made and where not in self.named:
+                return ("made", tuple(value.shape), value.dtype)
+            layout = (tuple(value.shape), tuple(value.stride()), value.storage_offset(), value.dtype)
+            if where in self.named:
+                return ("state", self.named[where], where, *layout)
+            if value.dim() == 0:
+                return ("constant", value.dtype, value.item())
+            return ("outside", where, *layout)
+        if isinstance(value, (list, tuple)):
+            return type(value)(self._describe(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self._describe(v) for k, v in value.items()}
+        if value is None or isinstance(value, (bool, int, float, complex, str, torch.dtype, torch.device,
+                                               torch.layout, torch.memory_format)):
+            return value
+        return type(value).__name__  # a generator, a profiler handle: not a constant of the kernels
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace != "profiler":  # optimizer.step's record_function markers launch no kernel
+            self.ops.append((str(func), self._describe(args), self._describe(kwargs)))
+        out = func(*args, **kwargs)
+        for t in (out if isinstance(out, (list, tuple)) else [out]):
+            if isinstance(t, torch.Tensor):
+                self.made.add(_storage(t))
+        return out
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def trace_difference(first: StepTrace, second: StepTrace) -> str | None:
+    """None if the two steps ran the same ops on the same constants and state tensors, else the first
+    difference, with the index of the op (what a replay of ``first`` would have got wrong in ``second``)."""
+    for index, (a, b) in enumerate(zip(first.ops, second.ops)):
+        if a != b:
+            captured, eager = _first_difference(a, b)
+            return f"op {index} ({a[0]}): captured {captured!r:.300}, eager runs {eager!r:.300}"
+    if len(first.ops) != len(second.ops):
+        return f"{len(first.ops)} ops captured, {len(second.ops)} run eagerly"
+    return None
+
+
+def _first_difference(a, b):
+    """The innermost differing parts of two op descriptions (a tensor's description is reported whole)."""
+    while isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b) and a \
+            and a[0] not in ("made", "state", "constant", "outside"):
+        a, b = next((p, q) for p, q in zip(a, b) if p != q)
+    return a, b
+
+
 @contextlib.contextmanager
 def _patched(owner, name: str, value):
     old = getattr(owner, name)

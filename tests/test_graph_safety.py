@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from attacks import AttackSpec
-from benchmark.cuda_graph import HostSync, HostSyncs, graph_safety
+from benchmark.cuda_graph import HostSync, HostSyncs, StepTrace, graph_safety, trace_difference
 from benchmark.models import create_model
 from benchmark.train import train_step
 from methods import LossOut, Method, TrainContext, create_method, get_method, list_methods
@@ -139,3 +139,119 @@ def test_reat_keeps_its_state_tensors_in_place_across_an_epoch_end():
     fresh = create_method("reat")
     fresh._previous = counted.clone()
     assert torch.equal(weights, fresh.rbl_weights(ctx.class_counts))  # the weights those counts give
+
+
+# --- replay equivalence: what a capture would get wrong silently --------------------------------------------
+
+def _tensors_in(value, name: str, found: dict) -> dict:
+    """Every tensor reachable from ``value`` through attributes, dicts, lists and tuples, by a path name."""
+    if isinstance(value, torch.Tensor):
+        found.setdefault(name, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _tensors_in(item, f"{name}[{key!r}]", found)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _tensors_in(item, f"{name}[{index}]", found)
+    elif hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, type)):
+        for key, item in vars(value).items():
+            _tensors_in(item, f"{name}.{key}", found)
+    return found
+
+
+def _persistent(model, optimizer, method, ctx, x, y) -> dict:
+    """The tensors a captured step reads across replays: weights, buffers, optimizer and method state, the
+    static batch."""
+    found = {f"model.{n}": t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    for index, state in enumerate(optimizer.state.values()):
+        _tensors_in(state, f"optimizer.state[{index}]", found)
+    _tensors_in(method, "method", found)
+    found.update({"ctx.class_counts": ctx.class_counts, "x": x, "y": y})
+    return found
+
+
+def replay_differences(method: Method, epochs: int = EPOCHS) -> dict:
+    """{graph phase: [differences]}: each phase's first traced step (after one warm-up step, as the captured step
+    warms up before it records) is what a capture would replay; every later step of that phase, in the same epoch
+    and after epoch ends, is compared with it."""
+    torch.manual_seed(0)
+    model = method.wrap_model(create_model("small_cnn", 10, 1, width=0.25, drop_rate=0.0)).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x, y = _batch()
+    ctx = _ctx(0, 0)
+    captured, found = {}, {}
+
+    def traced_step():
+        with StepTrace(_persistent(model, optimizer, method, ctx, x, y)) as trace:
+            train_step(model, optimizer, method, ctx, x, y, contextlib.nullcontext())
+        return trace
+
+    for epoch in range(epochs):
+        ctx.epoch = epoch
+        method.on_epoch_start(ctx)
+        phase = method.graph_phase(ctx)
+        if phase not in captured:
+            train_step(model, optimizer, method, ctx, x, y, contextlib.nullcontext())  # warm-up: lazy state
+            captured[phase] = traced_step()
+        differences = found.setdefault(phase, [])
+        for _ in range(2):
+            difference = trace_difference(captured[phase], traced_step())
+            if difference:
+                differences.append(f"epoch {epoch}: {difference}")
+        method.on_epoch_end(ctx)
+    return found
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).graph_safe])
+def test_a_graph_safe_method_replays_as_recorded_across_steps_and_epoch_ends(name):
+    """Every step of a phase runs the ops its capture recorded, on the same constants and the same state
+    tensors: no Python value that changes with the step or epoch, no state replaced instead of updated."""
+    found = replay_differences(create_method(name, **CHEAP.get(name, {})))
+    assert found and all(differences == [] for differences in found.values()), f"{name}: {found}"
+
+
+class _EpochRamp(Method):
+    """A step whose loss weight is a Python float computed from the epoch: a capture freezes it."""
+
+    graph_safe = True
+
+    def loss(self, model, x, y, ctx):
+        logits = model(x)
+        return LossOut(F.cross_entropy(logits, y) * (1.0 + ctx.epoch / 10), logits)
+
+
+class _ReplacedState(Method):
+    """State replaced at the epoch end (a new tensor, not written in place): a replay reads the old one."""
+
+    graph_safe = True
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.ones(10)
+
+    def loss(self, model, x, y, ctx):
+        logits = model(x)
+        return LossOut(F.cross_entropy(logits, y, weight=self.weight), logits)
+
+    def on_epoch_end(self, ctx):
+        self.weight = self.weight * 0.5
+
+
+class _PythonData(Method):
+    """A tensor built from Python data inside the step: a replay re-reads a host buffer that is gone."""
+
+    graph_safe = True
+
+    def loss(self, model, x, y, ctx):
+        logits = model(x)
+        weight = torch.tensor([1.0] * 9 + [2.0])
+        return LossOut(F.cross_entropy(logits, y, weight=weight), logits)
+
+
+@pytest.mark.parametrize("broken, where, what", [
+    (_EpochRamp, "epoch 1", "1.1"), (_ReplacedState, "epoch 1", "method.weight"), (_PythonData, "epoch 0", "outside")])
+def test_the_replay_check_finds_a_frozen_constant_a_replaced_state_and_python_data(broken, where, what):
+    found = replay_differences(broken(), epochs=2)
+    differences = found[None]
+    assert differences and differences[0].startswith(where) and what in differences[0], differences
+    assert replay_differences(Method(), epochs=2) == {None: []}  # plain CE replays as recorded
