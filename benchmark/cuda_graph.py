@@ -199,6 +199,31 @@ def _autocast(amp: str):
     return contextlib.nullcontext()
 
 
+class CudaGraphs:
+    """The CUDA side of a capture, apart so the CPU tests can run the logic around it (tests/test_captured_step.py
+    puts in a stand-in that runs the recorded function instead of its kernels): a side stream for warm-up
+    steps, and ``capture(fn) -> (replay, outputs)`` recording ``fn`` once as a graph whose replays rewrite
+    ``outputs`` in place."""
+
+    def __init__(self):
+        self._side = None
+
+    @contextlib.contextmanager
+    def side_stream(self):
+        if self._side is None:
+            self._side = torch.cuda.Stream()
+        self._side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._side):
+            yield
+        torch.cuda.current_stream().wait_stream(self._side)
+
+    def capture(self, fn):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        return graph.replay, out
+
+
 class CapturedStep:
     """``step(xb, yb) -> LossOut`` with the semantics of ``benchmark.train.train_step``: warm-up steps first
     (eager, on a side stream), then one capture per graph phase, then a replay per batch. The returned LossOut
@@ -207,36 +232,39 @@ class CapturedStep:
     ``record`` says so."""
 
     def __init__(self, model, optimizer, method, ctx, amp: str, eager_step, warmup_steps: int = 3,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, graphs: "CudaGraphs | None" = None):
         self.model, self.optimizer, self.method, self.ctx, self.amp = model, optimizer, method, ctx, amp
         self.eager_step, self.warmup_steps, self.batch_size = eager_step, warmup_steps, batch_size
-        self.graphs: dict = {}  # phase -> (graph, static x, static y, static LossOut)
+        self.backend = graphs or CudaGraphs()
+        self.graphs: dict = {}  # phase -> (replay, static x, static y, static LossOut)
         self.warmed: dict = {}  # phase -> warm-up steps done
         self.record = {"captures": 0, "replays": 0, "eager_steps": 0, "failed": None}
-        self._side = torch.cuda.Stream()
 
     def _eager(self, xb, yb, side_stream: bool = False):
         self.record["eager_steps"] += 1
         if not side_stream:
             return self.eager_step(xb, yb)
-        self._side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(self._side):
-            out = self.eager_step(xb, yb)
-        torch.cuda.current_stream().wait_stream(self._side)
-        return out
+        with self.backend.side_stream():
+            return self.eager_step(xb, yb)
 
     def _capture(self, xb, yb):
+        lr = self.optimizer.param_groups[0]["lr"]
+        if not isinstance(lr, torch.Tensor):  # a float would be baked in: the schedule's steps would never reach it
+            raise RuntimeError("the optimizer's lr is a float, not a device tensor (benchmark.cuda_graph.capturable_sgd)")
         static_x, static_y = xb.clone(), yb.clone()
-        graph = torch.cuda.CUDAGraph()
-        self.ctx.lr = self.optimizer.param_groups[0]["lr"]  # the device tensor: read by the replays as it changes
+        self.ctx.lr = lr  # the device tensor: read by the replays as the schedule writes it in place
         self.optimizer.zero_grad(set_to_none=True)  # the graph allocates the gradients in its own pool
-        with torch.cuda.graph(graph):
+
+        def step():
             with _autocast(self.amp):
                 out = self.method.loss(self.model, static_x, static_y, self.ctx)
             out.loss.backward()
             self.optimizer.step()
+            return out
+
+        replay, out = self.backend.capture(step)
         self.record["captures"] += 1
-        return graph, static_x, static_y, out
+        return replay, static_x, static_y, out
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor):
         if self.record["failed"] or (self.batch_size is not None and len(yb) != self.batch_size):
@@ -253,12 +281,12 @@ class CapturedStep:
                 self.record["failed"] = f"capture failed in phase {phase!r}: {str(err).splitlines()[0][:200]}"
                 self.optimizer.zero_grad(set_to_none=True)
                 return self._eager(xb, yb)
-        graph, static_x, static_y, out = entry
+        replay, static_x, static_y, out = entry
         if xb.shape != static_x.shape or yb.shape != static_y.shape:  # a partial last batch
             return self._eager(xb, yb)
         static_x.copy_(xb)
         static_y.copy_(yb)
-        graph.replay()
+        replay()
         self.ctx.step += 1
         self.record["replays"] += 1
         return out
@@ -272,9 +300,9 @@ class CapturedAttack:
     batch shape is captured (the last, partial batch runs eagerly); a capture that fails switches to the eager
     attack, and ``record`` (captures, replays, eager batches, failure) goes into the attack's sanity record."""
 
-    def __init__(self, model: torch.nn.Module, spec):
-        self.model, self.spec = model, spec
-        self.entry = None  # (graph, static x, static start, static y, static output)
+    def __init__(self, model: torch.nn.Module, spec, graphs: "CudaGraphs | None" = None):
+        self.model, self.spec, self.backend = model, spec, graphs or CudaGraphs()
+        self.entry = None  # (replay, static x, static start, static y, static output)
         self.record = {"captures": 0, "replays": 0, "eager_batches": 0, "failed": None}
 
     def _steps(self, x, start, y):
@@ -285,16 +313,11 @@ class CapturedAttack:
 
     def _capture(self, x, start, y):
         static = (x.clone(), start.clone(), y.clone())
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up outside the capture: cuDNN's plans, lazily made buffers
+        with self.backend.side_stream():  # warm-up outside the capture: cuDNN's plans, lazily made buffers
             self._steps(*static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._steps(*static)
+        replay, out = self.backend.capture(lambda: self._steps(*static))
         self.record["captures"] += 1
-        return (graph, *static, out)
+        return (replay, *static, out)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, draws) -> torch.Tensor:
         from attacks.pgd import random_start
@@ -309,10 +332,10 @@ class CapturedAttack:
         if self.entry is None or x.shape != self.entry[1].shape or y.shape != self.entry[3].shape:
             self.record["eager_batches"] += 1
             return self._steps(x, start, y)
-        graph, static_x, static_start, static_y, out = self.entry
+        replay, static_x, static_start, static_y, out = self.entry
         static_x.copy_(x)
         static_start.copy_(start)
         static_y.copy_(y)
-        graph.replay()
+        replay()
         self.record["replays"] += 1
         return out.clone()  # the next replay overwrites the static output
