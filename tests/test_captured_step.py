@@ -11,6 +11,7 @@ graph can get wrong (constants and addresses baked into the kernels) is tests/te
 check; the real graph is tests/test_fastpath.py's CUDA test."""
 from __future__ import annotations
 
+import inspect
 import json
 
 import pytest
@@ -97,7 +98,9 @@ def graphs_on_cpu(monkeypatch):
     real_init = CapturedStep.__init__
 
     def init(self, *args, **kwargs):
-        real_init(self, *args, **{**kwargs, "warmup_steps": warmup[0]})
+        bound = inspect.signature(real_init).bind(self, *args, **kwargs)
+        bound.arguments["warmup_steps"] = warmup[0]
+        real_init(*bound.args, **bound.kwargs)
         self.backend = _rerun_graphs(self)
 
     monkeypatch.setattr(cuda_graph.CapturedStep, "__init__", init)
@@ -248,3 +251,26 @@ def test_a_captured_attack_gives_the_eager_attack_for_full_and_partial_batches(c
         expected = pgd(clean_mnist_model, x[lo:hi], y[lo:hi], spec.eps, spec.steps, spec.step_size, x_init=start)
         assert torch.equal(got, expected), (lo, hi)
     assert attack.record == {"captures": 1, "replays": 2, "eager_batches": 1, "failed": None}
+
+
+def test_perfs_captured_check_compares_replayed_losses_with_the_eager_ones(graphs_on_cpu):
+    """``benchmark.tools.perf``'s check of the captured step (run by ``make gpu-check``) on its tiny configuration:
+    the same weights, batches and deterministic start, eager and captured; with the stand-in the two agree
+    exactly, and the record counts one capture and a replay for every step after the warm-up."""
+    from benchmark.fastpath import resolve_speed
+    from benchmark.tools.perf import build_parser, captured_check, _fill_defaults
+
+    device = torch.device("cpu")
+    args = build_parser().parse_args(["--tiny", "--device", "cpu", "--warmup-steps", "1"])
+    _fill_defaults(args, device)
+    graphs_on_cpu[0] = args.warmup_steps
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (5 * args.batch_size, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (len(x),), generator=gen)
+    torch.manual_seed(0)
+    initial = create_model("small_cnn", 10, 1, width=0.25, drop_rate=0.0)
+    speed = resolve_speed(False, False, False, "none", device)
+    check = captured_check(initial, x, y, args, device, speed, 10)
+    assert check["steps"] == 5 and check["matches"] is True and check["max_relative_difference"] == 0.0
+    assert check["graph"] == {"captures": 1, "replays": 4, "eager_steps": 1, "failed": None}
+    assert len(set(check["eager_losses"])) > 1  # the weights moved: five distinct steps, not one repeated
