@@ -24,9 +24,9 @@ from benchmark import train as train_module
 from benchmark.config import Config
 from benchmark.cuda_graph import CapturedAttack, CapturedStep, capturable_sgd
 from benchmark.data import load_dataset, to_float
-from benchmark.data.prepare import CellData
 from benchmark.models import create_model
 from methods import create_method
+from toys import tiny_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,15 +107,6 @@ def graphs_on_cpu(monkeypatch):
     return warmup
 
 
-def _cell(n_train: int = 44) -> CellData:
-    data = load_dataset("mnist5k")
-    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n_train]
-    counts = torch.bincount(data.y_train[idx], minlength=10).tolist()
-    return CellData(name="mnist5k", classes=list(data.classes), x_train=data.x_train[idx], y_train=data.y_train[idx],
-                    x_test=data.x_test, y_test=data.y_test, train_counts=counts, train_indices=idx.numpy(),
-                    test_indices=None)
-
-
 def _config(**overrides) -> Config:
     # 44 examples at batch 8: 5 full batches and a partial one of 4 per epoch; the lr drops after epochs 1 and 2
     settings = dict(method="taet", model="small_cnn", model_args={"width": 0.25}, epochs=EPOCHS, batch_size=8,
@@ -155,7 +146,7 @@ def _same_run(a, b):
 
 def test_the_captured_step_trains_as_the_eager_step_through_both_taet_stages_and_the_schedule(graphs_on_cpu,
                                                                                                tmp_path):
-    data = _cell()
+    data = tiny_cell(44)
     graphs_on_cpu[0] = 10**9
     eager = _train(_config(), data, tmp_path / "eager" / _config().key())
     graphs_on_cpu[0] = 3
@@ -171,7 +162,7 @@ def test_the_captured_step_trains_as_the_eager_step_through_both_taet_stages_and
 
 
 def test_a_resumed_captured_run_captures_again_and_ends_where_an_uninterrupted_one_ends(graphs_on_cpu, tmp_path):
-    data = _cell()
+    data = tiny_cell(44)
     key = _config().key()
     whole = _train(_config(), data, tmp_path / "whole" / key)
     with pytest.raises(KeyboardInterrupt):

@@ -10,12 +10,12 @@ import torch
 from attacks import AttackSpec, pgd
 from benchmark.config import Config
 from benchmark.data import load_dataset, to_float
-from benchmark.data.prepare import CellData
 from benchmark.errors import UsageError
 from benchmark.fastpath import prepare_model, resolve_speed
 from benchmark.models import create_model
 from benchmark.train import train
 from methods import TrainContext, create_method
+from toys import tiny_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -138,7 +138,7 @@ def test_cuda_graphs_says_why_it_falls_back():
 
 
 def test_cuda_graphs_true_on_a_cpu_trains_the_eager_step_and_records_why(tmp_path, no_cuda):
-    data = _tiny_cell(128)
+    data = tiny_cell(128)
     logs, costs = [], []
     for requested in (False, True):
         cfg = Config(method="at", model="small_cnn", model_args={"width": 0.25}, epochs=1, batch_size=64, eps=0.1,
@@ -192,21 +192,12 @@ def test_channels_last_step_gives_the_plain_loss_on_cpu(digits, method_name):
     assert torch.allclose(grad_fast, grad_plain, rtol=1e-4, atol=1e-5)
 
 
-def _tiny_cell(n_train=128) -> CellData:
-    data = load_dataset("mnist5k")
-    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n_train]
-    counts = torch.bincount(data.y_train[idx], minlength=10).tolist()
-    return CellData(name="mnist5k", classes=list(data.classes), x_train=data.x_train[idx], y_train=data.y_train[idx],
-                    x_test=data.x_test, y_test=data.y_test, train_counts=counts, train_indices=idx.numpy(),
-                    test_indices=None)
-
-
 @pytest.mark.parametrize("method_name", ["at", "taet"])
 def test_train_with_channels_last_logs_the_plain_loss_on_cpu(tmp_path, method_name):
     """Through the real loop: one step (64 digits, batch 64), channels_last on vs off, same seed. Over more
     steps the two drift apart slowly (5e-5 after a second step here): PGD's sign(∇) turns a last-bit
     difference of a gradient near zero into a whole step for that pixel."""
-    data = _tiny_cell(64)
+    data = tiny_cell(64)
     losses = []
     for on in (False, True):
         cfg = Config(method=method_name, method_args={"ce_epochs": 0} if method_name == "taet" else {},
@@ -271,7 +262,7 @@ def test_under_autocast_the_attack_stays_fp32_and_batchnorm_keeps_fp32_statistic
 def test_fast_switches_on_cuda_train_close_to_the_plain_path(tmp_path, switches):
     """cuDNN picks other algorithms under these switches, and sign(∇) in PGD turns last-bit differences
     into a different pixel now and then: the loss agrees loosely, not bit for bit."""
-    data = _tiny_cell(256)
+    data = tiny_cell(256)
     losses = []
     for name, speed in (("plain", {"channels_last": False, "cudnn_benchmark": False}), ("fast", switches)):
         cfg = Config(method="at", model="small_cnn", model_args={"width": 0.5}, epochs=1, batch_size=64, eps=0.1,
@@ -293,7 +284,7 @@ def test_fast_switches_on_cuda_train_close_to_the_plain_path(tmp_path, switches)
 def test_captured_step_trains_like_the_eager_step_on_cuda(tmp_path, method_name):
     """Two epochs with cuda_graphs on and off from the same seed: the graph ran (captures, replays) and the
     logged losses agree to fused SGD's rounding and PGD's sign flips."""
-    data = _tiny_cell(512)
+    data = tiny_cell(512)
     logs, costs = [], []
     for on in (False, True):
         cfg = Config(method=method_name, method_args={"ce_epochs": 1} if method_name == "taet" else {},

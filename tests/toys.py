@@ -86,3 +86,16 @@ def fixed_batch_losses(method, model, x, y, ctx, optimizer, evaluations: int, cl
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
     return losses
+
+
+def tiny_cell(n_train: int = 128):
+    """A CellData of ``n_train`` embedded digits (a fixed random subset) and the full digit test split."""
+    from benchmark.data import load_dataset
+    from benchmark.data.prepare import CellData
+
+    data = load_dataset("mnist5k")
+    idx = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(0))[:n_train]
+    counts = torch.bincount(data.y_train[idx], minlength=10).tolist()
+    return CellData(name="mnist5k", classes=list(data.classes), x_train=data.x_train[idx], y_train=data.y_train[idx],
+                    x_test=data.x_test, y_test=data.y_test, train_counts=counts, train_indices=idx.numpy(),
+                    test_indices=None)
