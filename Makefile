@@ -39,8 +39,11 @@ bench: setup
 report: setup
 	$(PY) -m benchmark.report --results $(RESULTS)
 
+# Two workers, a test file each at a time (--dist loadfile: a file's fixtures, its Slurm or Ray cluster and its
+# subprocesses stay on one worker); TEST_WORKERS=0 runs the suite in this one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # Regenerate the method cards in docs/methods/ from the methods' docstrings and registry entries.
 docs: setup

@@ -28,11 +28,20 @@ GRID = TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1]") + "eval_batch_size: 6
 STEPS_PER_EPOCH = 25  # 1,600 long-tailed digits, batch 64, drop_last
 
 
-def _run(moment: str, profile: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+def _start(moment: str, profile: Path, results: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(DRIVER), moment, "--", "--profile", str(profile), "--results",
-                           str(results), "--no-progress", "--quiet", *extra],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    return subprocess.Popen([sys.executable, str(DRIVER), moment, "--", "--profile", str(profile), "--results",
+                             str(results), "--no-progress", "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
+    stdout, stderr = proc.communicate(timeout=600)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def _run(moment: str, profile: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    return _finish(_start(moment, profile, results, *extra))
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -54,11 +63,20 @@ def grid(tmp_path_factory):
 
 def test_sigkill_at_six_moments_loses_nothing_finished_and_resumes_to_the_uninterrupted_result(grid):
     tmp, profile, (first, second) = grid
-    reference = tmp / "reference"
-    straight = _run("none:0", profile, reference)
+    reference, results = tmp / "reference", tmp / "killed"
+    uninterrupted = _start("none:0", profile, reference)  # beside the chain: one thread each, on two cores
+    try:
+        _kill_chain_then_finish(profile, results, first, second)
+        straight = _finish(uninterrupted)
+    finally:
+        if uninterrupted.poll() is None:
+            uninterrupted.kill()
     assert straight.returncode == 0, straight.stderr[-2000:]
+    for key in (first, second):
+        assert _attacks(results / key) == _attacks(reference / key), key
 
-    results = tmp / "killed"
+
+def _kill_chain_then_finish(profile: Path, results: Path, first: str, second: str) -> None:
     kills = [  # in the order a run meets them, each restart getting one moment further
         ("train_step:10", set()),  # cell 1, epoch 0
         ("checkpoint_between:2", set()),  # cell 1, epoch 1: only checkpoint.prev.pt is on disk
@@ -88,7 +106,6 @@ def test_sigkill_at_six_moments_loses_nothing_finished_and_resumes_to_the_uninte
     assert leftovers == []
     for key in (first, second):
         assert cell_status(results / key) == "done"
-        assert _attacks(results / key) == _attacks(reference / key), key
     log = [json.loads(line) for line in (results / second / "log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [0, 1]  # the epoch cut short was trimmed and trained again
     assert json.loads((results / second / "metrics.json").read_text())["cost"]["resumed_from_epoch"] == 1
