@@ -40,10 +40,10 @@ report: setup
 	$(PY) -m benchmark.report --results $(RESULTS)
 
 # Two workers, a test file each at a time (--dist loadfile: a file's fixtures, its Slurm or Ray cluster and its
-# subprocesses stay on one worker); TEST_WORKERS=0 runs the suite in this one process.
+# subprocesses stay on one worker), the longest files first (tests/conftest.py); TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: setup
-	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(PY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # Regenerate the method cards in docs/methods/ from the methods' docstrings and registry entries.
 docs: setup

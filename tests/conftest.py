@@ -49,8 +49,23 @@ def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
 
+# The files that take longest (minutes on 2 cores: subprocess chains, a Slurm or Ray cluster, whole grids), longest
+# first. They run first, so that under `make test` (two xdist workers handing out files in this order,
+# --no-loadscope-reorder) none of them starts last and runs alone at the end.
+LONGEST_FILES = ("test_crash_safety.py", "test_cluster_slurm.py", "test_cluster_ray.py", "test_grid.py",
+                 "test_failed_cells.py", "test_runner.py", "test_cli.py", "test_plugins.py", "test_cell_ownership.py",
+                 "test_cluster_driver.py", "test_evaluate_external.py", "test_evaluate_many.py")
+
+
+def _file_rank(item) -> int:
+    name = item.path.name
+    return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Slow tests (minutes on 2 cores) run only when asked: --runslow or RUN_SLOW=1."""
+    """The longest files first (a stable sort: the rest keep their order); slow tests (minutes on 2 cores) run
+    only when asked: --runslow or RUN_SLOW=1."""
+    items.sort(key=_file_rank)
     if config.getoption("--runslow") or os.environ.get("RUN_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow: run with --runslow (or RUN_SLOW=1)")
