@@ -14,8 +14,10 @@ GPU spends on it; replaying a captured graph launches them all at once. What a c
 
 The switch ``cuda_graphs: auto | true | false`` (default false) resolves in ``fastpath.resolve_cuda_graphs``: ``auto``
 is on only on CUDA for a method declared graph-safe, ``true`` where it cannot run falls back to the eager step,
-and the cell's cost record says what was asked, what ran and why (``cost["cuda_graphs"]``). Nothing here runs
-without CUDA; the CPU tests cover the resolution, the fallback and the host-sync check.
+and the cell's cost record says what was asked, what ran and why (``cost["cuda_graphs"]``). Without CUDA no graph
+runs, but the rest does: :class:`HostSyncs` finds calls a capture refuses, :class:`StepTrace` finds what a replay
+would get wrong silently (tests/test_graph_safety.py), and the logic around the graph runs through a stand-in for
+:class:`CudaGraphs` that reruns the recorded function (tests/test_captured_step.py).
 """
 from __future__ import annotations
 
