@@ -234,10 +234,10 @@ class CapturedStep:
     ``record`` says so."""
 
     def __init__(self, model, optimizer, method, ctx, amp: str, eager_step, warmup_steps: int = 3,
-                 batch_size: int | None = None, graphs: "CudaGraphs | None" = None):
+                 batch_size: int | None = None, backend: "CudaGraphs | None" = None):
         self.model, self.optimizer, self.method, self.ctx, self.amp = model, optimizer, method, ctx, amp
         self.eager_step, self.warmup_steps, self.batch_size = eager_step, warmup_steps, batch_size
-        self.backend = graphs or CudaGraphs()
+        self.backend = backend or CudaGraphs()
         self.graphs: dict = {}  # phase -> (replay, static x, static y, static LossOut)
         self.warmed: dict = {}  # phase -> warm-up steps done
         self.record = {"captures": 0, "replays": 0, "eager_steps": 0, "failed": None}
@@ -302,8 +302,8 @@ class CapturedAttack:
     batch shape is captured (the last, partial batch runs eagerly); a capture that fails switches to the eager
     attack, and ``record`` (captures, replays, eager batches, failure) goes into the attack's sanity record."""
 
-    def __init__(self, model: torch.nn.Module, spec, graphs: "CudaGraphs | None" = None):
-        self.model, self.spec, self.backend = model, spec, graphs or CudaGraphs()
+    def __init__(self, model: torch.nn.Module, spec, backend: "CudaGraphs | None" = None):
+        self.model, self.spec, self.backend = model, spec, backend or CudaGraphs()
         self.entry = None  # (replay, static x, static start, static y, static output)
         self.record = {"captures": 0, "replays": 0, "eager_batches": 0, "failed": None}
 

@@ -26,7 +26,7 @@ from benchmark.cuda_graph import CapturedAttack, CapturedStep, capturable_sgd
 from benchmark.data import load_dataset, to_float
 from benchmark.models import create_model
 from methods import create_method
-from toys import tiny_cell
+from toys import state_tensors, tiny_cell
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,13 +73,7 @@ def _outputs(out) -> list[torch.Tensor]:
 
 def _rerun_graphs(step: CapturedStep) -> RerunGraphs:
     def state():
-        tensors = [*step.model.parameters(), *step.model.buffers()]
-        for per_param in step.optimizer.state.values():
-            tensors += [t for t in per_param.values() if isinstance(t, torch.Tensor)]
-        for value in vars(step.method).values():
-            tensors += [t for t in (value if isinstance(value, (list, tuple)) else [value])
-                        if isinstance(t, torch.Tensor)]
-        return tensors
+        return list(state_tensors(step.model, step.optimizer, step.method).values())
 
     def fresh():
         for p in step.model.parameters():
@@ -189,7 +183,7 @@ def test_a_capture_needs_the_lr_as_a_tensor_and_falls_back_to_the_eager_step_wit
         return train_module.train_step(model, optimizer, method, ctx, xb, yb, __import__("contextlib").nullcontext())
 
     step = CapturedStep(model, optimizer, method, ctx, "none", eager, warmup_steps=1, batch_size=4,
-                        graphs=RerunGraphs())
+                        backend=RerunGraphs())
     x, y = torch.rand(4, 1, 28, 28), torch.arange(4)
     for _ in range(3):
         step(x, y)
@@ -235,7 +229,7 @@ def test_a_captured_attack_gives_the_eager_attack_for_full_and_partial_batches(c
     data = load_dataset("mnist5k")
     x, y = to_float(data.x_test[:40]), data.y_test[:40]
     spec = AttackSpec(kind="pgd", eps=0.1, steps=3, step_size=0.025, start="uniform", name="pgd3")
-    attack = CapturedAttack(clean_mnist_model, spec, graphs=RerunGraphs())
+    attack = CapturedAttack(clean_mnist_model, spec, backend=RerunGraphs())
     for lo, hi in ((0, 16), (16, 32), (32, 40)):
         got = attack(x[lo:hi], y[lo:hi], ExampleSeeds(5, range(lo, hi)))
         start = random_start(x[lo:hi], spec.eps, spec.start, ExampleSeeds(5, range(lo, hi)))

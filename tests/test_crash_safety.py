@@ -117,13 +117,8 @@ def test_two_grid_processes_on_one_folder_train_every_cell_exactly_once(grid, tm
     profile.write_text(TINY_PROFILE.replace("seeds: [0]", "seeds: [0, 1, 2]").replace("epochs: 2", "epochs: 1"))
     keys = [cfg.key() for cfg in expand_grid(load_profile(str(profile)))]
     results = tmp_path / "shared"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, str(DRIVER), "none:0", "--", "--profile", str(profile), "--results", str(results),
-           "--no-progress", "--quiet"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-             for _ in range(2)]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    procs = [_finish(p) for p in [_start("none:0", profile, results) for _ in range(2)]]
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-1500:] for p in procs]
     for key in keys:
         cell = results / key
         assert cell_status(cell) == "done"

@@ -18,6 +18,7 @@ from benchmark.cuda_graph import HostSync, HostSyncs, StepTrace, graph_safety, t
 from benchmark.models import create_model
 from benchmark.train import train_step
 from methods import LossOut, Method, TrainContext, create_method, get_method, list_methods
+from toys import state_tensors
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -143,31 +144,10 @@ def test_reat_keeps_its_state_tensors_in_place_across_an_epoch_end():
 
 # --- replay equivalence: what a capture would get wrong silently --------------------------------------------
 
-def _tensors_in(value, name: str, found: dict) -> dict:
-    """Every tensor reachable from ``value`` through attributes, dicts, lists and tuples, by a path name."""
-    if isinstance(value, torch.Tensor):
-        found.setdefault(name, value)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _tensors_in(item, f"{name}[{key!r}]", found)
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _tensors_in(item, f"{name}[{index}]", found)
-    elif hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, type)):
-        for key, item in vars(value).items():
-            _tensors_in(item, f"{name}.{key}", found)
-    return found
-
-
 def _persistent(model, optimizer, method, ctx, x, y) -> dict:
     """The tensors a captured step reads across replays: weights, buffers, optimizer and method state, the
     static batch."""
-    found = {f"model.{n}": t for n, t in [*model.named_parameters(), *model.named_buffers()]}
-    for index, state in enumerate(optimizer.state.values()):
-        _tensors_in(state, f"optimizer.state[{index}]", found)
-    _tensors_in(method, "method", found)
-    found.update({"ctx.class_counts": ctx.class_counts, "x": x, "y": y})
-    return found
+    return {**state_tensors(model, optimizer, method), "ctx.class_counts": ctx.class_counts, "x": x, "y": y}
 
 
 def replay_differences(method: Method, epochs: int = EPOCHS) -> dict:

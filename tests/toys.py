@@ -99,3 +99,28 @@ def tiny_cell(n_train: int = 128):
     return CellData(name="mnist5k", classes=list(data.classes), x_train=data.x_train[idx], y_train=data.y_train[idx],
                     x_test=data.x_test, y_test=data.y_test, train_counts=counts, train_indices=idx.numpy(),
                     test_indices=None)
+
+
+def state_tensors(model, optimizer, method) -> dict:
+    """{path name: tensor} of what lives across training steps: weights, buffers, optimizer state and every tensor
+    reachable from the method (attributes, dicts, lists, tuples)."""
+    found = {f"model.{n}": t for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    for index, state in enumerate(optimizer.state.values()):
+        _tensors_in(state, f"optimizer.state[{index}]", found)
+    _tensors_in(method, "method", found)
+    return found
+
+
+def _tensors_in(value, name: str, found: dict) -> dict:
+    if isinstance(value, torch.Tensor):
+        found.setdefault(name, value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _tensors_in(item, f"{name}[{key!r}]", found)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _tensors_in(item, f"{name}[{index}]", found)
+    elif hasattr(value, "__dict__") and not isinstance(value, (torch.nn.Module, type)):
+        for key, item in vars(value).items():
+            _tensors_in(item, f"{name}.{key}", found)
+    return found
